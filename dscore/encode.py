@@ -1,0 +1,361 @@
+"""Arrow columns -> kernel inputs: type checks, buffer extraction, per-field statistics.
+
+``encode(table, fields, vocab)`` is the public entry point; ``encode_table`` also
+returns the per-field counts the job report shows. The kernels themselves live in
+``dscore.kernels.cpu`` and never see Arrow objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .kernels import cpu
+from .kernels.unicode import tables as unicode_tables
+from .spec import Field
+
+_KIND_CODE = {"delimited": cpu.DELIMITED, "list": cpu.LIST, "scalar": cpu.SCALAR}
+_NO_BITS = np.empty(0, dtype=np.uint8)
+_NO_BITS.flags.writeable = False
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+@dataclass
+class FieldStats:
+    """Counts for one field over some rows.
+
+    ``tokens`` are non-empty tokens before truncation, ``kept`` those written,
+    ``oov`` kept tokens that mapped to index 1, ``truncated`` rows that had more
+    than ``max_len`` tokens.
+    """
+
+    rows: int = 0
+    tokens: int = 0
+    kept: int = 0
+    oov: int = 0
+    truncated: int = 0
+
+    def add(self, other: FieldStats) -> FieldStats:
+        for k in ("rows", "tokens", "kept", "oov", "truncated"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
+
+    def summary(self) -> dict:
+        rows = max(self.rows, 1)
+        return {
+            **{k: getattr(self, k) for k in ("rows", "tokens", "kept", "oov", "truncated")},
+            "oov_rate": self.oov / max(self.kept, 1),
+            "truncation_rate": self.truncated / rows,
+            "mean_tokens": self.tokens / rows,
+        }
+
+
+# ---------------------------------------------------------------- type checks
+def _is_stringish(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_token_type(t: pa.DataType) -> bool:
+    """A type whose values are single tokens: strings, integers, dictionaries of those."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return _is_stringish(t) or pa.types.is_integer(t) or pa.types.is_null(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_fixed_size_list(t)
+        or pa.types.is_list_view(t)
+        or pa.types.is_large_list_view(t)
+    )
+
+
+def check_field_type(field: Field, type: pa.DataType, where: str = "") -> None:
+    """Raise ``TypeError`` when a column of Arrow ``type`` cannot feed ``field``."""
+    if pa.types.is_null(type):
+        return
+    if field.kind == "list":
+        if _is_list(type) and _is_token_type(type.value_type):
+            return
+        expected = "a list of strings or integers (list<string>, large_list<string>, list<int64>, ...)"
+        hint = "; for a string of separated tokens use kind: delimited" if _is_token_type(type) else ""
+    else:
+        if _is_token_type(type):
+            return
+        expected = "a string, dictionary<string> or integer column"
+        hint = "; for a list column use kind: list" if _is_list(type) else ""
+    raise TypeError(
+        f"{where}field {field.name!r} (column {field.column!r}, kind {field.kind!r}) expects "
+        f"{expected}; found {type}{hint}"
+    )
+
+
+# ---------------------------------------------------------------- buffers
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """Kernel inputs are always read-only, as Arrow memory is: one compiled variant, not two."""
+    a.flags.writeable = False
+    return a
+
+
+def _bits(arr: pa.Array):
+    """Validity bitmap and its bit offset, or an empty bitmap when there are no nulls."""
+    buf = arr.buffers()[0]
+    if buf is None or arr.null_count == 0:
+        return _NO_BITS, 0
+    return _readonly(np.frombuffer(buf, dtype=np.uint8)), arr.offset
+
+
+def _string_buffers(arr: pa.Array):
+    """``(offsets, data, valid, valid_off)`` of a string/large_string array, zero-copy."""
+    n = len(arr)
+    bufs = arr.buffers()
+    otype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    if bufs[1] is None:
+        offsets = np.zeros(n + 1, dtype=otype)
+    else:
+        offsets = np.frombuffer(bufs[1], dtype=otype)[arr.offset : arr.offset + n + 1]
+    data = _NO_BITS if bufs[2] is None else np.frombuffer(bufs[2], dtype=np.uint8)
+    valid, off = _bits(arr)
+    return _readonly(offsets), _readonly(data), valid, off
+
+
+def _cell_rows(arr: pa.Array):
+    """Kernel row arguments for a string column: each row is its own cell."""
+    offsets, data, valid, off = _string_buffers(_as_strings(arr))
+    return offsets[:-1], offsets[1:], valid, off, offsets, data, _NO_BITS, 0
+
+
+def _list_rows(arr: pa.Array):
+    """Kernel row arguments for a list column: each row is a run of child strings."""
+    starts, stops, valid, off, child = _list_buffers(arr)
+    return (starts, stops, valid, off, *_string_buffers(child))
+
+
+def _as_strings(arr: pa.Array) -> pa.Array:
+    """Integers become their decimal text; string views become large strings."""
+    t = arr.type
+    if pa.types.is_integer(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_string_view(t):
+        return pc.cast(arr, pa.large_string())
+    return arr
+
+
+def _child_strings(child: pa.Array) -> pa.Array:
+    """A list's child as a plain string/large_string array (dictionaries decoded)."""
+    t = child.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+        child = pc.cast(child, t) if not pa.types.is_null(t) else pa.nulls(len(child), pa.string())
+    if pa.types.is_null(t):
+        return pa.nulls(len(child), pa.string())
+    return _as_strings(child)
+
+
+def _list_buffers(arr: pa.Array):
+    """``(starts, stops, valid, valid_off, child)``: row ``i`` is ``child[starts[i]:stops[i]]``.
+
+    Zero-copy for list and large_list; list views and fixed-size lists compute
+    their stops (one int per row) rather than trusting a cast to list, which
+    mishandles sliced list views in some pyarrow releases.
+    """
+    t, n, off = arr.type, len(arr), arr.offset
+    bufs = arr.buffers()
+    if pa.types.is_fixed_size_list(t):
+        starts = (np.arange(off, off + n, dtype=np.int64)) * t.list_size
+        stops = starts + t.list_size
+    else:
+        otype = np.int64 if (pa.types.is_large_list(t) or pa.types.is_large_list_view(t)) else np.int32
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            offsets = np.frombuffer(bufs[1], dtype=otype)[off : off + n + 1]
+            starts, stops = offsets[:-1], offsets[1:]
+        else:
+            starts = np.frombuffer(bufs[1], dtype=otype)[off : off + n]
+            stops = starts + np.frombuffer(bufs[2], dtype=otype)[off : off + n]
+    valid, voff = _bits(arr)
+    return _readonly(starts), _readonly(stops), valid, voff, _child_strings(arr.values)
+
+
+def _spec(field: Field) -> tuple:
+    kind = _KIND_CODE[field.kind]
+    if kind == cpu.DELIMITED and len(field.sep.encode("utf-8")) > 1:
+        kind = cpu.DELIMITED_SEQ
+    return (
+        kind,
+        field.max_len,
+        int(field.truncate == "tail"),
+        int(field.pad == "left"),
+        int(field.lower),
+        int(field.strip),
+    )
+
+
+def _sep(field: Field) -> np.ndarray:
+    return np.frombuffer(field.sep.encode("utf-8"), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- encode
+def _encode_array(arr, field, buckets, lk, uni, out, counts):
+    t = arr.type
+    if pa.types.is_null(t) or len(arr) == 0:
+        return
+    spec = _spec(field)
+    if pa.types.is_dictionary(t):
+        dictionary = _as_strings(arr.dictionary)
+        dict_out = np.zeros((len(dictionary), field.max_len), dtype=np.int32)
+        dict_tokens = np.zeros(len(dictionary), dtype=np.int64)
+        scratch_counts = np.zeros(4, dtype=np.int64)
+        if pa.types.is_null(dictionary.type):
+            dictionary = pa.array([None] * len(dictionary), pa.string())
+        cpu.ENCODE_ROWS[spec[0]](*_cell_rows(dictionary), spec, _sep(field), buckets, lk, uni, dict_out, dict_tokens, scratch_counts)
+        indices = arr.indices
+        codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
+        codes = _readonly(codes[indices.offset : indices.offset + len(indices)])
+        valid, off = _bits(arr)
+        cpu.gather_rows(codes, valid, off, dict_out, dict_tokens, out, counts)
+    else:
+        rows = _list_rows(arr) if _is_list(t) else _cell_rows(arr)
+        cpu.ENCODE_ROWS[spec[0]](*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts)
+
+
+def check_fields(fields: Sequence[Field]) -> None:
+    """Raise ``TypeError``/``ValueError`` for a non-Field entry or a repeated field name."""
+    seen = set()
+    for f in fields:
+        if not isinstance(f, Field):
+            raise TypeError(f"fields must be dscore.Field objects; got {f!r}")
+        if f.name in seen:
+            raise ValueError(f"field {f.name!r} is given twice; field names must be unique")
+        seen.add(f.name)
+
+
+def _column(table: pa.Table, field: Field) -> pa.ChunkedArray:
+    names = table.schema.names
+    if field.column not in names:
+        raise ValueError(
+            f"field {field.name!r}: column {field.column!r} is not in the input; columns are {names}"
+        )
+    col = table.column(field.column)
+    return col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
+
+
+def _as_table(table) -> pa.Table:
+    if isinstance(table, pa.Table):
+        return table
+    if isinstance(table, pa.RecordBatch):
+        return pa.Table.from_batches([table])
+    return pa.Table.from_pandas(table, preserve_index=False)
+
+
+def encode_table(table, fields: Sequence[Field], vocab=None):
+    """Encode ``fields`` of ``table``; return ``(arrays, stats)``.
+
+    ``arrays[name]`` is a C-contiguous int32 array of shape ``(rows, max_len)``;
+    ``stats[name]`` a ``FieldStats``. See ``encode`` for the parameters.
+    """
+    table = _as_table(table)
+    check_fields(fields)
+    uni = unicode_tables()
+    arrays: dict[str, np.ndarray] = {}
+    stats: dict[str, FieldStats] = {}
+    for field in fields:
+        col = _column(table, field)
+        check_field_type(field, col.type)
+        if field.buckets is not None:
+            buckets, lk = field.buckets, _EMPTY_LOOKUP
+        else:
+            if vocab is None:
+                raise ValueError(
+                    f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None"
+                )
+            buckets, lk = 0, vocab.lookup(field)
+        out = np.zeros((table.num_rows, field.max_len), dtype=np.int32)
+        counts = np.zeros(4, dtype=np.int64)
+        row = 0
+        for chunk in col.chunks:
+            _encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
+            row += len(chunk)
+        arrays[field.name] = out
+        stats[field.name] = FieldStats(table.num_rows, *(int(c) for c in counts))
+    return arrays, stats
+
+
+def encode(table, fields: Sequence[Field], vocab=None) -> dict[str, np.ndarray]:
+    """Map each field's tokens to vocabulary indices.
+
+    Parameters
+    ----------
+    table : pyarrow.Table, pyarrow.RecordBatch or pandas.DataFrame
+    fields : sequence of Field
+    vocab : Vocabulary, optional
+        Mapping tables; not needed when every field uses hashing (``buckets``).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Per field name, a C-contiguous int32 array of shape ``(rows, max_len)``:
+        0 = padding, 1 = out of vocabulary, vocabulary indices from 2.
+
+    Raises
+    ------
+    ValueError
+        A field's column is missing, or a field has neither a table nor buckets.
+    TypeError
+        A column's Arrow type does not fit its field's kind.
+    """
+    return encode_table(table, fields, vocab)[0]
+
+
+_EMPTY_LOOKUP = (np.zeros((1, 2), dtype=np.uint64), np.zeros(0, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- tokenize
+def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
+    """Every normalized token of ``arr`` (no truncation) with its row and weight.
+
+    Returns ``(tokens, weights)``: a large_string array of keys and an int64 array
+    of how many input rows each stands for (dictionary entries count once per use).
+    Used to fit vocabularies.
+    """
+    check_field_type(field, arr.type)
+    uni = unicode_tables()
+    spec = _spec(field)
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    keys, weights = [], []
+    for chunk in chunks:
+        t = chunk.type
+        if pa.types.is_null(t) or len(chunk) == 0:
+            continue
+        freq = None
+        if pa.types.is_dictionary(t):
+            codes = chunk.indices.filter(chunk.is_valid()) if chunk.null_count else chunk.indices
+            freq = np.bincount(codes.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary))
+            chunk = _as_strings(chunk.dictionary)
+            if pa.types.is_null(chunk.type):
+                continue
+        rows = _list_rows(chunk) if _is_list(chunk.type) else _cell_rows(chunk)
+        res = cpu.tokenize_rows(*rows, spec, _sep(field), uni)
+        tok_offsets, tok_bytes, tok_rows, ntok = res
+        tokens = pa.LargeStringArray.from_buffers(
+            ntok, pa.py_buffer(tok_offsets[: ntok + 1]), pa.py_buffer(tok_bytes[: tok_offsets[ntok]])
+        )
+        if freq is None:
+            keys.append(tokens)
+            weights.append(np.ones(ntok, dtype=np.int64))
+        else:  # a dictionary may hold entries no row uses (e.g. after slicing)
+            w = freq[tok_rows[:ntok]].astype(np.int64)
+            keys.append(tokens.filter(pa.array(w > 0)))
+            weights.append(w[w > 0])
+    if not keys:
+        return pa.array([], pa.large_string()), np.zeros(0, dtype=np.int64)
+    return pa.concat_arrays(keys), np.concatenate(weights)
+
+
+__all__ = ["FieldStats", "check_field_type", "check_fields", "encode", "encode_table", "tokenize"]
+

@@ -1,0 +1,1 @@
+"""Compiled kernels. ``cpu``: Numba CPU kernels; ``unicode``: the normalization tables."""

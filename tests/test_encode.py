@@ -1,0 +1,254 @@
+"""encode() against the plain-Python reference in tests/naive.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from dscore import Field, Vocabulary, encode
+from dscore.encode import encode_table, tokenize
+
+from . import naive
+
+WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+# Characters whose lowercase is special: non-ASCII case pairs, final sigma, a
+# lowercase that expands ('İ'), Kelvin sign -> 'k', titlecase, case-ignorable marks.
+SPECIAL = list("ÉéΣσςİiIßẞΩωKkǅǄ'.:\u00ad\u0301\u0345ΑΛ中😀") + ["\u212a", "\U0001044f", "\U00010427"]
+SEPS = [",", "|", " ", "::", "Σ", "\t"]
+
+token_chars = st.sampled_from(list("abcABZ019-_") + SPECIAL + WHITESPACE)
+any_char = st.characters(exclude_categories=["Cs"])
+
+
+@st.composite
+def cells(draw, sep, kind):
+    """A list of cell values (str or None) of one column."""
+    piece = st.one_of(token_chars, token_chars, any_char, st.just(sep))
+    text = st.lists(piece, max_size=24).map("".join)
+    if kind == "list":
+        elem = st.one_of(st.none(), st.lists(piece, max_size=6).map("".join))
+        return draw(st.lists(st.one_of(st.none(), st.lists(elem, max_size=7)), max_size=25))
+    return draw(st.lists(st.one_of(st.none(), text), max_size=25))
+
+
+@st.composite
+def fields(draw, kind=None):
+    kind = kind or draw(st.sampled_from(["delimited", "scalar", "list"]))
+    return Field(
+        "f",
+        kind=kind,
+        sep=draw(st.sampled_from(SEPS)),
+        max_len=draw(st.integers(1, 6)),
+        truncate=draw(st.sampled_from(["head", "tail"])),
+        pad=draw(st.sampled_from(["right", "left"])),
+        lower=draw(st.booleans()),
+        strip=draw(st.booleans()),
+        buckets=draw(st.sampled_from([None, None, None, 1, 7, 2**31 - 2])),
+    )
+
+
+def vocabulary_for(values, field, draw_bits: int) -> dict[str, int]:
+    """A mapping over some of the keys in ``values`` with arbitrary unique indices."""
+    rng = np.random.default_rng(draw_bits)
+    ks = sorted({k for v in values for k in naive.keys(v, field)})
+    chosen = [k for k in ks if rng.random() < 0.7] + ["never-seen", "ab", "a"]
+    chosen = list(dict.fromkeys(chosen))
+    idx = rng.choice(np.arange(2, 2 + 50 * len(chosen)), size=len(chosen), replace=False)
+    return dict(zip(chosen, (int(i) for i in idx)))
+
+
+def as_vocab(mapping) -> Vocabulary:
+    table = pa.table(
+        {"token": pa.array(list(mapping), pa.string()), "index": pa.array(list(mapping.values()), pa.int32())}
+    )
+    return Vocabulary({"f": table})
+
+
+def arrow_column(values, kind, layout, rng):
+    """``values`` as an Arrow array of the requested layout, possibly sliced and chunked."""
+    pad = [None, "pad", "x,y"] if kind != "list" else [None, ["pad"], []]
+    lo, hi = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    padded = pad[:lo] + list(values) + pad[:hi]
+    if kind == "list":
+        child = {"list": pa.string(), "large_list": pa.string(), "list_large": pa.large_string()}.get(layout)
+        if layout == "list_dict":
+            arr = pa.array(padded, pa.list_(pa.string()))
+            arr = pa.ListArray.from_arrays(arr.offsets, arr.values.dictionary_encode(), mask=arr.is_null())
+        elif layout == "list_view":
+            arr = pa.array(padded, pa.list_view(pa.string()))
+        else:
+            outer = pa.large_list if layout == "large_list" else pa.list_
+            arr = pa.array(padded, outer(child))
+    elif layout == "dictionary":
+        arr = pa.array(padded, pa.string()).dictionary_encode()
+    elif layout == "dictionary_large":
+        arr = pa.array(padded, pa.large_string()).dictionary_encode().cast(pa.dictionary(pa.int8(), pa.large_string()))
+    else:
+        arr = pa.array(padded, {"string": pa.string(), "large_string": pa.large_string(), "view": pa.string_view()}[layout])
+    arr = arr.slice(lo, len(values))
+    cut = sorted(int(c) for c in rng.integers(0, len(values) + 1, size=2))
+    return pa.chunked_array([arr.slice(0, cut[0]), arr.slice(cut[0], cut[1] - cut[0]), arr.slice(cut[1])], arr.type)
+
+
+CELL_LAYOUTS = ["string", "large_string", "view", "dictionary", "dictionary_large"]
+LIST_LAYOUTS = ["list", "large_list", "list_large", "list_dict", "list_view"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), field=fields())
+@example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
+def test_encode_matches_naive(data, field):
+    if data is None:  # pinned example
+        values = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c"]
+        layout, seed = "string", 0
+    else:
+        values = data.draw(cells(field.sep, field.kind))
+        layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
+        seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    mapping = vocabulary_for(values, field, seed)
+    col = arrow_column(values, field.kind, layout, rng)
+    arrays, stats = encode_table(pa.table({"f": col}), [field], as_vocab(mapping))
+    expected, counts = naive.encode(values, field, mapping)
+    got = arrays["f"]
+    assert got.dtype == np.int32 and got.flags.c_contiguous and got.shape == (len(values), field.max_len)
+    np.testing.assert_array_equal(got, expected)
+    s = stats["f"]
+    assert [s.tokens, s.kept, s.oov, s.truncated] == counts
+    assert s.rows == len(values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), max_size=20),
+    width=st.sampled_from([pa.int8(), pa.int32(), pa.int64(), pa.uint16(), pa.uint64()]),
+    buckets=st.sampled_from([None, 13]),
+)
+def test_integer_columns_use_decimal_text(values, width, buckets):
+    lo, hi = (np.iinfo(width.to_pandas_dtype()).min, np.iinfo(width.to_pandas_dtype()).max)
+    values = [None if v is None else min(max(v, lo), hi) for v in values]
+    field = Field("f", kind="scalar", buckets=buckets)
+    mapping = {str(v): 2 + i for i, v in enumerate(dict.fromkeys(v for v in values[::2] if v is not None))}
+    got = encode(pa.table({"f": pa.array(values, width)}), [field], as_vocab(mapping or {"x": 2}))["f"]
+    np.testing.assert_array_equal(got, naive.encode(values, field, mapping)[0])
+    # lists of integers, too
+    lists = [values[i : i + 3] for i in range(0, len(values), 3)]
+    lf = Field("f", kind="list", max_len=3, buckets=buckets)
+    got = encode(pa.table({"f": pa.array(lists, pa.list_(width))}), [lf], as_vocab(mapping or {"x": 2}))["f"]
+    np.testing.assert_array_equal(got, naive.encode(lists, lf, mapping)[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), field=fields())
+def test_tokenize_matches_naive(data, field):
+    values = data.draw(cells(field.sep, field.kind))
+    layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
+    col = arrow_column(values, field.kind, layout, np.random.default_rng(data.draw(st.integers(0, 99))))
+    tokens, weights = tokenize(col, field)
+    got = {}
+    for t, w in zip(tokens.to_pylist(), weights):
+        got[t] = got.get(t, 0) + int(w)
+    want = {}
+    for v in values:
+        for k in naive.keys(v, field):
+            want[k] = want.get(k, 0) + 1
+    assert got == want
+
+
+def test_every_python_whitespace_and_case_rule():
+    """Each non-ASCII rule on its own, against str.strip().lower()."""
+    samples = [ws + "X" + ws for ws in WHITESPACE] + [
+        "İ", "ΑΣ", "ΑΣ'", "Σ", "ΑΣΑ", "Α.Σ", "Σ.Α", "ΑΣ\u0301", "\u212a", "ẞ", "ǅ", "\U00010427", "A\u00adΣ",
+    ]  # fmt: skip
+    field = Field("f", kind="scalar")
+    mapping = {k: i + 2 for i, k in enumerate(dict.fromkeys(s.strip().lower() for s in samples))}
+    got = encode(pa.table({"f": pa.array(samples)}), [field], as_vocab(mapping))["f"][:, 0]
+    assert got.tolist() == [mapping[s.strip().lower()] for s in samples]
+
+
+def test_large_vocabulary_is_exact():
+    """>= 1M tokens with shared prefixes and colliding slots: every token gets its own index."""
+    rng = np.random.default_rng(7)
+    n = 1_100_000
+    stems = [f"com.app{i}" for i in range(n // 4)]
+    tokens = stems + [s + "x" for s in stems] + [s + "Σ" for s in stems] + [f"t{i:07d}" for i in range(n - 3 * len(stems))]
+    tokens = [t.lower() for t in tokens]
+    assert len(set(tokens)) == len(tokens) >= 1_000_000
+    index = rng.permutation(len(tokens)).astype(np.int32) + 2
+    vocab = Vocabulary({"f": pa.table({"token": pa.array(tokens), "index": pa.array(index)})})
+    slots = vocab.lookup(Field("f"))[0]
+    # The test only means something if distinct tokens do share home slots.
+    homes = np.array([naive.xxh64(t.encode()) & (len(slots) - 1) for t in tokens[:50_000]])
+    assert len(np.unique(homes)) < len(homes)
+    queries = tokens + [s + "y" for s in stems[:1000]] + ["q" + s for s in stems[:1000]]
+    want = np.concatenate([index, np.ones(2000, dtype=np.int32)])
+    perm = rng.permutation(len(queries))
+    got = encode(pa.table({"f": pa.array([queries[i].upper() for i in perm])}), [Field("f", kind="scalar")], vocab)
+    np.testing.assert_array_equal(got["f"][:, 0], want[perm])
+
+
+def test_output_layout_and_empty_table():
+    vocab = as_vocab({"a": 2})
+    out = encode(pa.table({"f": pa.array([], pa.string())}), [Field("f", max_len=3)], vocab)["f"]
+    assert out.shape == (0, 3) and out.dtype == np.int32
+    null_col = encode(pa.table({"f": pa.nulls(3)}), [Field("f", max_len=2)], vocab)["f"]
+    assert null_col.tolist() == [[0, 0]] * 3
+
+
+def test_pandas_input():
+    import pandas as pd
+
+    df = pd.DataFrame({"f": ["a,b", None], "g": [["A", None], []]})
+    vocab = Vocabulary({"f": as_vocab({"a": 2})["f"], "g": as_vocab({"a": 5})["f"]})
+    out = encode(df, [Field("f", max_len=2), Field("g", kind="list", max_len=2)], vocab)
+    assert out["f"].tolist() == [[2, 1], [0, 0]]
+    assert out["g"].tolist() == [[5, 0], [0, 0]]
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kind, arr, match",
+    [
+        ("delimited", pa.array([["a"]]), r"field 'f' \(column 'c', kind 'delimited'\).*found list<item: string>.*kind: list"),
+        ("scalar", pa.array([1.5]), r"field 'f' \(column 'c', kind 'scalar'\) expects a string.*found double"),
+        ("list", pa.array(["a,b"]), r"field 'f' \(column 'c', kind 'list'\) expects a list.*found string.*kind: delimited"),
+        ("list", pa.array([[1.5]]), r"kind 'list'\) expects a list.*found list<item: double>"),
+        ("scalar", pa.array([{"x": "a"}]), r"found struct<x: string>"),
+    ],
+)
+def test_wrong_column_type(kind, arr, match):
+    with pytest.raises(TypeError, match=match):
+        encode(pa.table({"c": arr}), [Field("f", column="c", kind=kind)], as_vocab({"a": 2}))
+
+
+def test_missing_column_and_vocabulary():
+    with pytest.raises(ValueError, match=r"field 'f': column 'nope' is not in the input; columns are \['c'\]"):
+        encode(pa.table({"c": ["a"]}), [Field("f", column="nope")], as_vocab({"a": 2}))
+    with pytest.raises(ValueError, match=r"field 'f' needs a vocabulary \(or buckets=N"):
+        encode(pa.table({"f": ["a"]}), [Field("f")], None)
+    with pytest.raises(ValueError, match=r"has no table for field 'g'"):
+        encode(pa.table({"g": ["a"]}), [Field("g")], as_vocab({"a": 2}))
+    with pytest.raises(ValueError, match="field 'f' is given twice"):
+        encode(pa.table({"f": ["a"]}), [Field("f"), Field("f")], as_vocab({"a": 2}))
+
+
+def test_tokenize_grows_its_buffers():
+    """Many tokens in few rows exercise the growable output buffers of the tokenize kernels."""
+    field = Field("f", max_len=1)
+    values = [",".join(f"T{i % 97}" for i in range(n)) for n in (1000, 0, 5, 3000)]
+    tokens, weights = tokenize(pa.chunked_array([pa.array(values)]), field)
+    assert len(tokens) == 4005 and int(weights.sum()) == 4005
+    assert tokens[2999].as_py() == f"t{(2999 - 1005) % 97}"
+    lists = [[f"T{i}" for i in range(n)] for n in (500, 0, 700)]
+    tokens, _ = tokenize(pa.array(lists), Field("f", kind="list"))
+    assert tokens.to_pylist() == [t.lower() for row in lists for t in row]
+
+
+def test_fixed_size_lists_sliced():
+    arr = pa.array([["a", "B"], ["c", None], None, ["d", "e"]], pa.list_(pa.string(), 2)).slice(1)
+    vocab = as_vocab({"a": 2, "b": 3, "c": 4, "d": 5})
+    out = encode(pa.table({"f": arr}), [Field("f", kind="list", max_len=3)], vocab)["f"]
+    assert out.tolist() == [[4, 0, 0], [0, 0, 0], [5, 1, 0]]
