@@ -252,3 +252,21 @@ def test_fixed_size_lists_sliced():
     vocab = as_vocab({"a": 2, "b": 3, "c": 4, "d": 5})
     out = encode(pa.table({"f": arr}), [Field("f", kind="list", max_len=3)], vocab)["f"]
     assert out.tolist() == [[4, 0, 0], [0, 0, 0], [5, 1, 0]]
+
+
+def test_reused_buffers_are_fully_overwritten():
+    """With buffers, output memory is reused: every cell must be written, padding included."""
+    vocab = as_vocab({"a": 2, "b": 3})
+    field = Field("f", max_len=3, pad="left")
+    buffers = {}
+    first = encode_table(pa.table({"f": ["a,b,a,b", "b", None, "a,a"]}), [field], vocab, buffers=buffers)[0]["f"]
+    assert first.tolist() == [[2, 3, 2], [0, 0, 3], [0, 0, 0], [0, 2, 2]]
+    buffers["f"][:] = 99  # garbage left by an earlier partition
+    second = encode_table(pa.table({"f": ["b", None, "a,b"]}), [field], vocab, buffers=buffers)[0]["f"]
+    assert second.tolist() == [[0, 0, 3], [0, 0, 0], [0, 2, 3]]
+    assert np.shares_memory(second, buffers["f"])
+    nulls = encode_table(pa.table({"f": pa.nulls(2)}), [field], vocab, buffers=buffers)[0]["f"]
+    assert nulls.tolist() == [[0, 0, 0]] * 2
+    dict_col = pa.array(["a", None, "b"]).dictionary_encode()
+    third = encode_table(pa.table({"f": dict_col}), [field], vocab, buffers=buffers)[0]["f"]
+    assert third.tolist() == [[0, 0, 2], [0, 0, 0], [0, 0, 3]]

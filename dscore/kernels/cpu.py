@@ -538,7 +538,7 @@ def _make_encode_rows(kind):
         offsets, data, valid, valid_off,
         spec, sep, buckets, lk, uni, out, row_tokens, counts,
     ):  # fmt: skip
-        """Encode rows of tokens into ``out`` (rows, max_len), which arrives zeroed.
+        """Encode rows of tokens into ``out`` (rows, max_len); every cell is written.
 
         ``row_tokens``, when non-empty, receives each row's token count (used to gather
         per-row statistics for dictionary-encoded columns).
@@ -621,12 +621,7 @@ def _make_encode_rows(kind):
                         else:
                             out[row, c] = OOV
                             counts[2] += 1
-                if pad_left and 0 < k < max_len:
-                    shift = max_len - k
-                    for c in range(k - 1, -1, -1):
-                        out[i, c + shift] = out[i, c]
-                    for c in range(shift):
-                        out[i, c] = PAD
+            _pad_row(out, _u(i), k, max_len, pad_left)
             counts[0] += t
             counts[1] += k
             if t > max_len:
@@ -640,12 +635,28 @@ def _make_encode_rows(kind):
 ENCODE_ROWS = {k: _make_encode_rows(k) for k in (DELIMITED, LIST, SCALAR, DELIMITED_SEQ)}
 
 
+@njit(cache=True, inline="always")
+def _pad_row(out, i, k, max_len, pad_left):
+    """Pad row ``i`` (whose first ``k`` cells hold its indices) with PAD on either side."""
+    if pad_left and 0 < k < max_len:
+        shift = max_len - k
+        for c in range(k - 1, -1, -1):
+            out[i, c + shift] = out[i, c]
+        for c in range(shift):
+            out[i, c] = PAD
+    else:
+        for c in range(k, max_len):
+            out[i, c] = PAD
+
+
 @njit(cache=True)
 def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
     """Fill ``out`` from per-dictionary-entry rows: ``out[i] = dict_out[codes[i]]``."""
     max_len = out.shape[1]
     for i in range(codes.shape[0]):
         if not _valid(valid, valid_off, i):
+            for m in range(max_len):
+                out[i, m] = PAD
             continue
         c = codes[i]
         t = dict_tokens[c]
