@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+
+from .spec import Field
 
 _TLDS = np.array(["com", "org", "net", "io", "app", "co"])
 _WORDS = np.array(
@@ -36,6 +39,34 @@ def zipf_ids(rng, n_samples: int, n_tokens: int, exponent: float = 1.05) -> np.n
     return np.searchsorted(cdf, rng.random(n_samples)).astype(np.int64)
 
 
+def _delimited(rng, rows, vocab, mean_tokens, oov_rate, messy_rate, null_rate, sep):
+    """``(column, ids, lengths, in_vocab)``: see ``delimited_column``."""
+    n = len(vocab)
+    lengths = rng.poisson(mean_tokens, rows).astype(np.int64)
+    lengths[rng.random(rows) < null_rate] = 0
+    total = int(lengths.sum())
+    ids = zipf_ids(rng, total, n)
+    unseen = package_names(max(1000, n // 10), seed=1, prefix="x")
+    variant = np.zeros(total, dtype=np.int64)
+    r = rng.random(total)
+    variant[r < messy_rate] = 1
+    variant[r < messy_rate / 2] = 2
+    oov = rng.random(total) < oov_rate
+    token_ids = np.where(oov, rng.integers(0, len(unseen), total), ids)
+    variant[oov] = 3
+    pool = pa.concat_arrays(
+        [vocab, pc.utf8_upper(vocab), pc.binary_join_element_wise(" ", vocab, " ", ""), unseen]
+    )
+    starts = np.array([0, n, 2 * n, 3 * n])
+    flat = pool.take(pa.array(starts[variant] + token_ids))
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    mask = rng.random(rows) < null_rate
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), flat), sep)
+    column = pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), joined)
+    return column, ids, lengths, ~oov & ~np.repeat(mask, lengths)
+
+
 def delimited_column(
     rng,
     rows: int,
@@ -53,27 +84,226 @@ def delimited_column(
     them are upper-cased or padded with spaces (they normalize to vocabulary
     tokens); ``null_rate`` of the cells are null and as many are empty.
     """
-    n = len(vocab)
-    lengths = rng.poisson(mean_tokens, rows).astype(np.int64)
-    lengths[rng.random(rows) < null_rate] = 0
-    total = int(lengths.sum())
-    ids = zipf_ids(rng, total, n)
-    unseen = package_names(max(1000, n // 10), seed=1, prefix="x")
-    variant = np.zeros(total, dtype=np.int64)
-    r = rng.random(total)
-    variant[r < messy_rate] = 1
-    variant[r < messy_rate / 2] = 2
-    oov = rng.random(total) < oov_rate
-    ids = np.where(oov, rng.integers(0, len(unseen), total), ids)
-    variant[oov] = 3
-    pool = pa.concat_arrays(
-        [vocab, pc.utf8_upper(vocab), pc.binary_join_element_wise(" ", vocab, " ", ""), unseen]
-    )
-    starts = np.array([0, n, 2 * n, 3 * n])
-    flat = pool.take(pa.array(starts[variant] + ids))
+    return _delimited(rng, rows, vocab, mean_tokens, oov_rate, messy_rate, null_rate, sep)[0]
+
+
+# ---------------------------------------------------------------- the demo dataset
+FIELDS = (
+    Field("device_name", kind="scalar"),
+    Field("device_model", kind="scalar"),
+    Field("apps", kind="delimited", sep=",", max_len=64),
+    Field("campaigns", kind="list", max_len=16),
+)
+APPS = 200_000
+_BRANDS = np.array(
+    "Samsung Apple Xiaomi Oppo Vivo Huawei Realme OnePlus Motorola Google Nokia Sony LG Tecno Infinix "
+    "Honor ZTE Lenovo Asus Alcatel".split()
+)
+
+
+def _scalar_column(rng, rows, values: np.ndarray, null_rate=0.01, messy_rate=0.05):
+    ids = zipf_ids(rng, rows, len(values), 1.2)
+    cells = values[ids].astype(object)
+    messy = rng.random(rows) < messy_rate
+    cells[messy] = [f"  {c.upper()} " for c in cells[messy]]
+    cells[rng.random(rows) < null_rate] = None
+    return pa.array(cells, pa.string()), ids
+
+
+def _campaigns(rng, rows, n=5000):
+    lengths = rng.integers(0, 9, rows)
+    ids = zipf_ids(rng, int(lengths.sum()), n, 1.1)
+    names = np.array([f"cmp-{i:05d}" for i in range(n)], dtype=object)
+    flat = names[ids]
+    flat[rng.random(len(flat)) < 0.01] = None  # null list elements
     offsets = np.zeros(rows + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    mask = rng.random(rows) < null_rate
-    lists = pa.ListArray.from_arrays(pa.array(offsets), flat)
-    joined = pc.binary_join(lists, sep)
-    return pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), joined)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.string())), ids, lengths
+
+
+def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | None = None) -> pa.Table:
+    """``rows`` rows of the demo dataset with a ``label`` that depends on the tokens:
+    car-related apps and campaigns and premium devices raise the chance of 1."""
+    rng = np.random.default_rng(seed)
+    apps = package_names(APPS) if apps is None else apps
+    models = np.array([f"{b[:2].upper()}-{m:04d}" for b in _BRANDS for m in range(250)])
+    device_name, brand = _scalar_column(rng, rows, _BRANDS)
+    device_model, _ = _scalar_column(rng, rows, models)
+    app_col, app_ids, lengths, seen = _delimited(rng, rows, apps, 40, 0.02, 0.05, 0.01, ",")
+    camp_col, camp_ids, camp_len = _campaigns(rng, rows)
+    car_apps = np.random.default_rng(99).choice(APPS, 3000, replace=False)
+    row_of_app = np.repeat(np.arange(rows), lengths)
+    car = np.bincount(row_of_app[np.isin(app_ids, car_apps) & seen], minlength=rows)
+    car_camp = np.bincount(np.repeat(np.arange(rows), camp_len)[camp_ids % 97 == 0], minlength=rows)
+    logit = 1.2 * car + 1.5 * (car_camp > 0) + 0.8 * (brand < 3) - 2.0
+    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return pa.table(
+        {
+            "user_id": pa.array(np.arange(first_id, first_id + rows, dtype=np.int64)),
+            "device_name": device_name,
+            "device_model": device_model,
+            "apps": app_col,
+            "campaigns": camp_col,
+            "label": label,
+        }
+    )
+
+
+def generate(path: str, rows: int, *, files: int = 4, row_group_size: int = 65_536, seed: int = 0,
+             storage_options: dict | None = None) -> list[str]:  # fmt: skip
+    """Write the demo dataset as ``files`` parquet files under ``path``; return their URLs."""
+    import pyarrow.parquet as pq
+
+    from . import io
+
+    fs, root = io.url_to_fs(path, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    apps = package_names(APPS)
+    urls, first = [], 0
+    per_file = -(-rows // files)
+    for i in range(files):
+        n = min(per_file, rows - first)
+        if n <= 0:
+            break
+        table = make_table(n, seed=seed * 1000 + i, first_id=first, apps=apps)
+        target = f"{root.rstrip('/')}/part-{i:03d}.parquet"
+        with fs.open(target, "wb") as f:
+            pq.write_table(table, f, row_group_size=row_group_size)
+        urls.append(io.full_url(fs, target))
+        first += n
+    return urls
+
+
+# ---------------------------------------------------------------- the reference model
+class DemoModel(torch.nn.Module):
+    """The reference model: per-field embeddings (padding index 0), masked mean over
+    real tokens, concatenation, MLP, sigmoid. Inputs in ``FIELDS`` order; output (B,)."""
+
+    def __init__(self, vocab_sizes, dim: int = 32, hidden=(64, 32)):
+        super().__init__()
+        nn = torch.nn
+        self.device_name = nn.Embedding(vocab_sizes[0], dim, padding_idx=0)
+        self.device_model = nn.Embedding(vocab_sizes[1], dim, padding_idx=0)
+        self.apps = nn.Embedding(vocab_sizes[2], dim, padding_idx=0)
+        self.campaigns = nn.Embedding(vocab_sizes[3], dim, padding_idx=0)
+        layers, width = [], 4 * dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    @staticmethod
+    def pool(emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        count = (ids != 0).sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)
+        return emb.sum(dim=1) / count  # the padding row of each table is zero
+
+    def forward(self, device_name, device_model, apps, campaigns):
+        x = torch.cat(
+            [
+                self.pool(self.device_name(device_name), device_name),
+                self.pool(self.device_model(device_model), device_model),
+                self.pool(self.apps(apps), apps),
+                self.pool(self.campaigns(campaigns), campaigns),
+            ],
+            dim=1,
+        )
+        return torch.sigmoid(self.mlp(x)).squeeze(1)
+
+
+def build_model(vocab_sizes, dim: int = 32, hidden=(64, 32)) -> DemoModel:
+    """A ``DemoModel``; also the factory for state_dict loading
+    (``model.factory: dscore.demo:build_model``)."""
+    return DemoModel(vocab_sizes, dim, tuple(hidden))
+
+
+def vocab_sizes(vocab, fields=FIELDS) -> list[int]:
+    """Embedding rows per field: the largest index + 1 (buckets + 2 in hashing mode)."""
+    sizes = []
+    for f in fields:
+        if f.buckets is not None:
+            sizes.append(f.buckets + 2)
+        else:
+            idx = vocab[f.name].column("index")
+            sizes.append(int(pa.compute.max(idx).as_py() or 1) + 1)
+    return sizes
+
+
+def train(model, table: pa.Table, vocab, *, epochs: int = 2, batch_size: int = 512, lr: float = 3e-3, seed: int = 0):
+    """A short supervised training loop on ``table`` (encoded with dscore); returns the final loss."""
+    from .encode import encode
+
+    torch.manual_seed(seed)
+    arrays = encode(table, FIELDS, vocab)
+    inputs = [torch.from_numpy(arrays[f.name]).long() for f in FIELDS]
+    y = torch.tensor(table.column("label").to_numpy(), dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.BCELoss()
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        perm = torch.randperm(len(y))
+        for start in range(0, len(y), batch_size):
+            idx = perm[start : start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(*(x[idx] for x in inputs)), y[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+    return loss.item()
+
+
+def export_torchscript(model, path: str) -> str:
+    torch.jit.save(torch.jit.script(model), path)
+    return path
+
+
+def job_dict(workdir: str, model_path: str) -> dict:
+    """The demo job (the mapping a ``job.yaml`` holds)."""
+    import os
+
+    return {
+        "input": os.path.join(workdir, "data", "*.parquet"),
+        "output": os.path.join(workdir, "scores"),
+        "id_columns": ["user_id"],
+        "vocab": os.path.join(workdir, "vocab"),
+        "fields": [f.to_dict(compact=True) for f in FIELDS],
+        "model": {"path": model_path, "batch_size": 8192, "device": "auto"},
+        "cluster": "local",
+    }
+
+
+def build_example(workdir: str, rows: int = 200_000, *, train_rows: int = 40_000, log=print) -> str:
+    """Generate data, fit the vocabulary, train and export the model, write ``job.yaml``.
+
+    Returns the job file's path.
+    """
+    import os
+    import time
+
+    import dask
+    import pyarrow.parquet as pq
+    import yaml
+
+    from .vocab import Vocabulary
+
+    os.makedirs(workdir, exist_ok=True)
+    t = time.perf_counter()
+    generate(os.path.join(workdir, "data"), rows)
+    log(f"generated {rows:,} rows of demo data in {time.perf_counter() - t:.1f}s")
+    t = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        vocab = Vocabulary.fit(os.path.join(workdir, "data"), FIELDS, min_count=2)
+    vocab.save(os.path.join(workdir, "vocab"))
+    log(f"fitted the vocabulary in {time.perf_counter() - t:.1f}s: {vocab}")
+    t = time.perf_counter()
+    first = pq.ParquetFile(os.path.join(workdir, "data", "part-000.parquet"))
+    sample = first.read_row_groups(range(first.num_row_groups)).slice(0, train_rows)
+    model = build_model(vocab_sizes(vocab))
+    loss = train(model, sample, vocab)
+    model_path = export_torchscript(model, os.path.join(workdir, "model.pt"))
+    log(f"trained the reference model on {sample.num_rows:,} rows in {time.perf_counter() - t:.1f}s "
+        f"(loss {loss:.3f}); TorchScript at {model_path}")  # fmt: skip
+    job_path = os.path.join(workdir, "job.yaml")
+    with open(job_path, "w") as f:
+        yaml.safe_dump(job_dict(workdir, model_path), f, sort_keys=False)
+    return job_path

@@ -109,6 +109,314 @@ class Field:
             token = token.lower()
         return token
 
+    def to_dict(self, *, compact: bool = False) -> dict:
+        """Plain mapping of the options (the form job files and manifests use);
+        ``compact`` leaves out those at their defaults, as a job file would."""
+        d = dataclasses.asdict(self)
+        if compact:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            d = {k: v for k, v in d.items() if k == "name" or v != defaults.get(k) and not (k == "column" and v == self.name)}
+        return d
+
+
+# ---------------------------------------------------------------- job files
+class SpecError(ValueError):
+    """A job file or option that does not validate; the message names the key."""
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check(where: str, value, expected: str, ok: bool):
+    if not ok:
+        raise SpecError(f"{where}: expected {expected}, got {_describe(value)}")
+    return value
+
+
+def _str(where, v):
+    return _check(where, v, "a string", isinstance(v, str) and v != "")
+
+
+def _opt_str(where, v):
+    return None if v is None else _str(where, v)
+
+
+def _bool(where, v):
+    return _check(where, v, "true or false", isinstance(v, bool))
+
+
+def _pos_int(where, v):
+    return _check(where, v, "a positive integer", _is_int(v) and v > 0)
+
+
+def _opt_pos_int(where, v):
+    return None if v is None else _pos_int(where, v)
+
+
+def _pos_number(where, v):
+    return _check(where, v, "a positive number", isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+
+
+def _str_list(where, v):
+    if isinstance(v, str):
+        v = [v]
+    _check(where, v, "a list of strings", isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v))
+    return tuple(v)
+
+
+def _opt_str_list(where, v):
+    return None if v is None else _str_list(where, v)
+
+
+def _mapping(where, v):
+    return dict(_check(where, v, "a mapping", isinstance(v, dict)))
+
+
+def _one_of(*choices):
+    def check(where, v):
+        return _check(where, v, "one of " + ", ".join(map(str, choices)), v in choices)
+
+    return check
+
+
+def _int_or(*words):
+    def check(where, v):
+        ok = (_is_int(v) and v > 0) or v in words
+        return _check(where, v, "a positive integer or " + " or ".join(map(repr, words)), ok)
+
+    return check
+
+
+def _memory(where, v):
+    ok = v is None or (_is_int(v) and v > 0) or (isinstance(v, str) and v != "")
+    return _check(where, v, "a byte count like 4GB or 4000000000, 'auto' or null", ok)
+
+
+def _build(cls, data, where: str, checks: dict, required=()):
+    """``cls(**data)`` after checking keys and values; errors name ``where.key``."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where or 'job'}: expected a mapping, got {_describe(data)}")
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in checks]
+    if unknown:
+        raise SpecError(f"unknown key '{prefix}{unknown[0]}'; allowed keys: {', '.join(checks)}")
+    for k in required:
+        if k not in data:
+            raise SpecError(f"missing required key '{prefix}{k}'")
+    return cls(**{k: checks[k](f"{prefix}{k}", v) for k, v in data.items()})
+
+
+FIELD_KEYS = tuple(f.name for f in dataclasses.fields(Field) if f.name != "_")
+
+
+def field_from_dict(data, where: str) -> Field:
+    """A ``Field`` from a job file's mapping; errors name ``where`` (e.g. ``fields[2]``)."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping like {{name: apps, kind: delimited}}, got {_describe(data)}")
+    unknown = [k for k in data if k not in FIELD_KEYS]
+    if unknown:
+        raise SpecError(f"unknown key '{where}.{unknown[0]}'; allowed keys: {', '.join(FIELD_KEYS)}")
+    if "name" not in data:
+        raise SpecError(f"missing required key '{where}.name'")
+    try:
+        return Field(**data)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load and call the model.
+
+    ``path`` is a TorchScript file, a ``torch.export`` program (``.pt2``), or, with
+    ``factory: "package.module:function"``, a state_dict (loaded with
+    ``weights_only=True``) for the module that ``function(**factory_kwargs)`` builds.
+    ``call`` is ``positional`` (one int64 tensor per field, in field order) or
+    ``keyword`` (``model(**{field name: tensor})``). ``outputs`` names the score
+    columns (default ``score``, or ``score_0..k-1`` for a (B, k) output).
+    """
+
+    path: str
+    _: KW_ONLY
+    format: str = "auto"
+    factory: str | None = None
+    factory_kwargs: dict = dataclasses.field(default_factory=dict)
+    call: str = "positional"
+    outputs: tuple | None = None
+    batch_size: int | str = 8192
+    device: str = "auto"
+    threads: int | None = None
+    trust_model: bool = False
+
+    CHECKS = {
+        "path": _str,
+        "format": _one_of("auto", "torchscript", "export", "state_dict", "pickle"),
+        "factory": _opt_str,
+        "factory_kwargs": _mapping,
+        "call": _one_of("positional", "keyword"),
+        "outputs": _opt_str_list,
+        "batch_size": _int_or("auto"),
+        "device": lambda w, v: _check(
+            w, v, "auto, cpu, cuda or cuda:N", isinstance(v, str) and (v in ("auto", "cpu", "cuda") or _cuda_n(v))
+        ),
+        "threads": _opt_pos_int,
+        "trust_model": _bool,
+    }
+
+    @classmethod
+    def from_dict(cls, data, where: str = "model") -> ModelSpec:
+        if isinstance(data, str):
+            data = {"path": data}
+        return _build(cls, data, where, cls.CHECKS, required=("path",))
+
     def to_dict(self) -> dict:
-        """Plain mapping of every option (the form job files and manifests use)."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["outputs"] = list(self.outputs) if self.outputs else None
+        return d
+
+
+def _cuda_n(v: str) -> bool:
+    return v.startswith("cuda:") and v[5:].isdigit()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A whole scoring job: the YAML job file of DESIGN.md §3, validated.
+
+    Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
+    ``--set key=value``) over the job file over the defaults here.
+    """
+
+    input: tuple
+    output: str
+    fields: tuple
+    model: ModelSpec
+    _: KW_ONLY
+    vocab: str | None = None
+    id_columns: tuple = ()
+    storage_options: dict = dataclasses.field(default_factory=dict)
+    cluster: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | int | None = "auto"
+    partition_rows: int = 262_144
+    on_bad_input: str = "fail"
+    retries: int = 2
+    source: str = "<dict>"
+
+    CHECKS = {
+        "input": _str_list,
+        "output": _str,
+        "fields": None,  # built by field_from_dict
+        "model": None,  # built by ModelSpec.from_dict
+        "vocab": _opt_str,
+        "id_columns": _str_list,
+        "storage_options": _mapping,
+        "cluster": _str,
+        "workers": _opt_pos_int,
+        "threads_per_worker": _opt_pos_int,
+        "memory_limit": _memory,
+        "partition_rows": _pos_int,
+        "on_bad_input": _one_of("fail", "quarantine"),
+        "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
+    }
+    REQUIRED = ("input", "output", "fields", "model")
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<dict>") -> JobSpec:
+        """Validate a job mapping; every error is one line naming the key."""
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: a job is a mapping of keys (input, output, fields, model, ...), "
+                            f"got {_describe(data)}")
+        try:
+            unknown = [k for k in data if k not in cls.CHECKS]
+            if unknown:
+                raise SpecError(f"unknown key '{unknown[0]}'; allowed keys: {', '.join(cls.CHECKS)}")
+            for k in cls.REQUIRED:
+                if k not in data:
+                    raise SpecError(f"missing required key '{k}'")
+            raw_fields = data["fields"]
+            if not isinstance(raw_fields, list) or not raw_fields:
+                raise SpecError(f"fields: expected a non-empty list of field mappings, got {_describe(raw_fields)}")
+            fields = tuple(field_from_dict(f, f"fields[{i}]") for i, f in enumerate(raw_fields))
+            names = [f.name for f in fields]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup:
+                raise SpecError(f"fields: field {dup!r} is given twice; names must be unique")
+            values = {
+                k: check(k, data[k]) for k, check in cls.CHECKS.items() if check is not None and k in data
+            }
+            job = cls(fields=fields, model=ModelSpec.from_dict(data["model"]), source=source, **values)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}") from None
+        if job.vocab is None and any(f.buckets is None for f in job.fields):
+            need = [f.name for f in job.fields if f.buckets is None]
+            raise SpecError(f"{source}: missing required key 'vocab' (fields {need} use mapping tables)")
+        return job
+
+    @classmethod
+    def load(cls, job, overrides: dict | None = None) -> JobSpec:
+        """A ``JobSpec`` from a JobSpec, a mapping or a YAML path, with dotted ``overrides``."""
+        if isinstance(job, JobSpec):
+            if not overrides:
+                return job
+            data, source = job.to_dict(), job.source
+        elif isinstance(job, dict):
+            data, source = dict(job), "<dict>"
+        else:
+            data, source = _read_yaml(str(job)), str(job)
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return cls.from_dict(data, source)
+
+    def to_dict(self) -> dict:
+        d = {
+            k: getattr(self, k)
+            for k in self.CHECKS
+            if k not in ("fields", "model")
+        }
+        d["input"] = list(self.input)
+        d["id_columns"] = list(self.id_columns)
+        d["fields"] = [f.to_dict() for f in self.fields]
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise SpecError(f"job file {path!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    return {} if data is None else data
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """``data[a][b] = value`` for ``key == "a.b"`` (``--set model.batch_size=4096``)."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        if isinstance(node.get(p), str) and p == "model":  # model: path shorthand
+            node[p] = {"path": node[p]}
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {key}: '{p}' is not a mapping")
+    node[parts[-1]] = value
+
+
+def parse_set(items) -> dict:
+    """``["a.b=1", ...]`` to ``{"a.b": 1}``; values are parsed as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. model.batch_size=4096")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out

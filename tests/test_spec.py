@@ -54,3 +54,80 @@ def test_normalize_is_python():
     assert Field("f").normalize("  ΑΣ \u2003") == "ας"
     assert Field("f", lower=False).normalize(" A ") == "A"
     assert Field("f", strip=False).normalize(" A ") == " a "
+
+
+# ---------------------------------------------------------------- job files
+from dscore import JobSpec, ModelSpec  # noqa: E402
+from dscore.spec import SpecError, parse_set  # noqa: E402
+
+JOB = {
+    "input": "data/*.parquet",
+    "output": "out/",
+    "vocab": "vocab/",
+    "id_columns": ["user_id"],
+    "fields": [{"name": "apps", "max_len": 64}, {"name": "campaigns", "kind": "list", "max_len": 16}],
+    "model": {"path": "model.pt", "batch_size": 8192, "device": "auto"},
+}
+
+
+def test_job_roundtrip_and_defaults():
+    job = JobSpec.from_dict(JOB)
+    assert job.input == ("data/*.parquet",) and job.fields[1].kind == "list"
+    assert job.model == ModelSpec("model.pt", batch_size=8192)
+    assert job.cluster == "local" and job.on_bad_input == "fail"
+    assert JobSpec.from_dict(job.to_dict(), "x") == JobSpec.from_dict(JOB, "x")
+    assert JobSpec.from_dict({**JOB, "model": "m.pt"}).model.path == "m.pt"  # shorthand
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"outptu": "x"}, r"^j.yaml: unknown key 'outptu'; allowed keys: input, output,"),
+        ({"model": {"path": "m.pt", "batchsize": 3}}, r"^j.yaml: unknown key 'model.batchsize'; allowed keys: path, format,"),
+        ({"fields": [{"name": "a", "maxlen": 3}]}, r"^j.yaml: unknown key 'fields\[0\].maxlen'; allowed keys: name, column,"),
+        ({"model": {"batch_size": 3}}, r"^j.yaml: missing required key 'model.path'$"),
+        ({"fields": [{"kind": "list"}]}, r"^j.yaml: missing required key 'fields\[0\].name'$"),
+        ({"model": {"path": "m.pt", "batch_size": "big"}}, r"^j.yaml: model.batch_size: expected a positive integer or 'auto', got 'big' \(str\)$"),
+        ({"model": {"path": "m.pt", "device": "gpu"}}, r"model.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ({"partition_rows": 0}, r"^j.yaml: partition_rows: expected a positive integer, got 0 \(int\)$"),
+        ({"id_columns": [1]}, r"id_columns: expected a list of strings, got \[1\]"),
+        ({"on_bad_input": "skip"}, r"on_bad_input: expected one of fail, quarantine, got 'skip'"),
+        ({"fields": [{"name": "a", "max_len": 0}]}, r"^j.yaml: fields\[0\]: field 'a': max_len is 0; expected a positive integer$"),
+        ({"fields": []}, r"fields: expected a non-empty list"),
+        ({"fields": [{"name": "a"}, {"name": "a"}]}, r"field 'a' is given twice"),
+        ({"vocab": None}, r"missing required key 'vocab' \(fields \['apps', 'campaigns'\] use mapping tables\)"),
+    ],
+)
+def test_job_errors_name_the_key(change, match):
+    data = {**JOB, **change}
+    if "model" in change and "path" not in change["model"] and isinstance(change["model"], dict):
+        data["model"] = change["model"]
+    for k, v in change.items():
+        if v is None:
+            data.pop(k)
+    with pytest.raises(SpecError, match=match):
+        JobSpec.from_dict(data, "j.yaml")
+
+
+def test_missing_top_level_key():
+    data = dict(JOB)
+    del data["output"]
+    with pytest.raises(SpecError, match=r"^j.yaml: missing required key 'output'$"):
+        JobSpec.from_dict(data, "j.yaml")
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    import yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(JOB))
+    job = JobSpec.load(str(path), parse_set(["model.batch_size=1024", "cluster=tcp://h:8786", "id_columns=[a, b]"]))
+    assert job.model.batch_size == 1024 and job.cluster == "tcp://h:8786" and job.id_columns == ("a", "b")
+    assert job.source == str(path)
+    with pytest.raises(SpecError, match=r"job file '.*nope.yaml' does not exist"):
+        JobSpec.load(str(tmp_path / "nope.yaml"))
+    (tmp_path / "bad.yaml").write_text("input: [unclosed")
+    with pytest.raises(SpecError, match=r"bad.yaml: not valid YAML"):
+        JobSpec.load(str(tmp_path / "bad.yaml"))
+    with pytest.raises(SpecError, match=r"--set 'model.batch_size': expected KEY=VALUE"):
+        parse_set(["model.batch_size"])

@@ -14,7 +14,9 @@ wrappers that pull the arrays out of Arrow). Conventions shared by all kernels:
 * ``counts`` accumulates ``[tokens, kept, oov, truncated_rows]``: ``tokens`` are
   the non-empty tokens before truncation, ``kept`` those written to the output.
 
-Kernels compile lazily with ``cache=True`` rather than from explicit signatures:
+The entry points release the GIL (``nogil=True``) so that Dask threads sharing a
+process encode in parallel. Kernels compile lazily with ``cache=True`` rather than
+from explicit signatures:
 offsets come as int32 or int64 on each of up to two levels, and compiling every
 combination eagerly would cost a fresh machine tens of seconds at import for
 variants most jobs never use. Read-only (Arrow-backed) arrays are handled by
@@ -395,7 +397,7 @@ def _find_slot(key, koff, n, h, slots, arena):
     return j
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def build_table(token_offsets, token_bytes, values, capacity):
     """Lookup table over tokens ``token_bytes[token_offsets[i]:token_offsets[i + 1]]``.
 
@@ -532,7 +534,7 @@ def _make_encode_rows(kind):
     """``encode_rows`` specialized for one kind: ``kind`` is a compile-time constant, so
     the other kinds' branches vanish from the hot loop (measured: up to 1.5x)."""
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def encode_rows(
         starts, stops, row_valid, row_valid_off,
         offsets, data, valid, valid_off,
@@ -649,7 +651,7 @@ def _pad_row(out, i, k, max_len, pad_left):
             out[i, c] = PAD
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
     """Fill ``out`` from per-dictionary-entry rows: ``out[i] = dict_out[codes[i]]``."""
     max_len = out.shape[1]
@@ -675,7 +677,7 @@ def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
 
 
 # ---------------------------------------------------------------- tokenize (vocabulary fitting)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tokenize_rows(starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off, spec, sep, uni):
     """Every key of every row (no truncation), with its row; see ``encode_rows``.
 

@@ -1,0 +1,263 @@
+"""Load a model file, place it on a device, and run it on encoded fields in micro-batches.
+
+Formats: TorchScript; ``torch.export`` programs (``.pt2``); a factory
+``"package.module:function"`` plus a state_dict loaded with ``weights_only=True``.
+A pickled ``nn.Module`` (``torch.save(model)``) can run arbitrary code when loaded
+and is refused unless the job sets ``model.trust_model: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io as _io
+import logging
+import os
+import zipfile
+
+import numpy as np
+
+from . import io
+from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+PROBE_INDEX = 1  # the OOV index: valid for every embedding table, unlike arbitrary ids
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or called as the job says; names the file."""
+
+
+def fingerprint(url: str, storage_options: dict | None = None) -> str:
+    """Content fingerprint of a model file: ``sha256:<hex>`` locally, the etag or
+    size and modification time on object stores (where reading the whole file
+    just to name it would cost a download)."""
+    fs, path = io.url_to_fs(url, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise ModelError(f"model file {url!r} does not exist") from None
+    if "local" in fs.protocol or "file" in fs.protocol:
+        return "sha256:" + _sha256_file(path, info.get("size"), info.get("mtime"))
+    return f"{fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol}:{info.get('size')}:{io._version(info)}"
+
+
+_SHA_CACHE: dict = {}
+
+
+def _sha256_file(path: str, size, mtime) -> str:
+    key = (path, size, mtime)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"model.device is {device!r} but torch sees no CUDA device; use device: auto or cpu")
+    return device
+
+
+def _read_bytes(url: str, storage_options: dict | None) -> bytes:
+    fs, path = io.url_to_fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ModelError(f"model file {url!r} does not exist") from None
+
+
+def _detect_format(spec: ModelSpec, data: bytes) -> str:
+    if spec.format != "auto":
+        return spec.format
+    if spec.factory:
+        return "state_dict"
+    if spec.path.endswith(".pt2"):
+        return "export"
+    try:
+        names = zipfile.ZipFile(_io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile:
+        return "pickle"  # legacy torch.save format
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith("/serialized_exported_program.json") or "/models/" in n for n in names):
+        return "export"
+    return "pickle"
+
+
+def _factory(spec: ModelSpec):
+    target = spec.factory
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"model.factory {target!r}: expected 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"model.factory {target!r} cannot be imported: {e}") from e
+    return fn(**spec.factory_kwargs)
+
+
+def load_module(spec: ModelSpec, device: str, storage_options: dict | None = None, expect: str | None = None):
+    """The ``torch.nn.Module`` (or ScriptModule) that ``spec`` describes, on ``device``, in eval mode.
+
+    ``expect`` is the fingerprint the job recorded; a local file that no longer
+    matches it is an error rather than a silent mix of two models.
+    """
+    import torch
+
+    data = _read_bytes(spec.path, storage_options)
+    if expect and expect.startswith("sha256:") and "sha256:" + hashlib.sha256(data).hexdigest() != expect:
+        raise ModelError(f"model file {spec.path!r} changed while the job was running")
+    fmt = _detect_format(spec, data)
+    buf = _io.BytesIO(data)
+    try:
+        if fmt == "torchscript":
+            module = torch.jit.load(buf, map_location=device)
+        elif fmt == "export":
+            module = torch.export.load(buf).module().to(device)
+        elif fmt == "state_dict":
+            if not spec.factory:
+                raise ModelError(f"{spec.path}: a state_dict needs model.factory: 'package.module:function'")
+            module = _factory(spec)
+            state = torch.load(buf, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ModelError(f"{spec.path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+            module.load_state_dict(state)
+            module = module.to(device)
+        else:  # a pickled nn.Module
+            if not spec.trust_model:
+                raise ModelError(
+                    f"{spec.path} is a pickled model (torch.save(model)), and loading a pickle can run "
+                    "arbitrary code. Export TorchScript (torch.jit.script) or a torch.export program (.pt2), "
+                    "or save a state_dict and set model.factory; or set model.trust_model: true if you trust this file"
+                )
+            module = torch.load(buf, map_location=device, weights_only=False)
+            if not isinstance(module, torch.nn.Module):
+                raise ModelError(f"{spec.path}: the pickle holds a {type(module).__name__}, not a torch.nn.Module")
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot load model {spec.path!r} as {fmt}: {type(e).__name__}: {e}") from e
+    if fmt != "export":  # an exported program is traced in its mode already (and refuses eval())
+        module.eval()
+    return module
+
+
+class Model:
+    """A loaded model bound to the job's fields: ``predict(arrays) -> float32 (rows, k)``.
+
+    Parameters
+    ----------
+    module : callable
+        The torch module.
+    fields : sequence of Field
+        Input order (positional call) or keyword names (keyword call), and the
+        probe batch's shapes.
+    spec : ModelSpec
+    device : str
+        A resolved device (``cpu``, ``cuda``, ``cuda:N``).
+    """
+
+    def __init__(self, module, fields, spec: ModelSpec, device: str):
+        self.module = module
+        self.field_names = [f.name for f in fields]
+        self.max_lens = {f.name: f.max_len for f in fields}
+        self.spec = spec
+        self.device = device
+        self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else 8192
+        self.output_names: list[str] | None = list(spec.outputs) if spec.outputs else None
+
+    @classmethod
+    def load(cls, spec: ModelSpec, fields, *, device: str | None = None, storage_options=None, expect=None):
+        device = resolve_device(device or spec.device)
+        model = cls(load_module(spec, device, storage_options, expect), fields, spec, device)
+        model.probe()
+        return model
+
+    def _call(self, tensors):
+        if self.spec.call == "keyword":
+            return self.module(**dict(zip(self.field_names, tensors)))
+        return self.module(*tensors)
+
+    def probe(self) -> None:
+        """Run one row of OOV tokens; fix the output columns or raise ``ModelError``."""
+        arrays = {n: np.full((1, self.max_lens[n]), PROBE_INDEX, dtype=np.int32) for n in self.field_names}
+        try:
+            out = self._forward(arrays)
+        except ModelError:
+            raise
+        except Exception as e:
+            how = (
+                f"model(**{{{', '.join(self.field_names)}}})"
+                if self.spec.call == "keyword"
+                else f"model({', '.join(self.field_names)})"
+            )
+            raise ModelError(
+                f"model {self.spec.path!r} fails on a one-row probe batch called as {how} "
+                f"(int64 tensors of shape (1, max_len)): {type(e).__name__}: {e}. Check the fields' order, "
+                "their max_len, and model.call (positional or keyword)"
+            ) from e
+        k = out.shape[1]
+        if self.output_names is None:
+            self.output_names = ["score"] if k == 1 else [f"score_{i}" for i in range(k)]
+        elif len(self.output_names) != k:
+            raise ModelError(
+                f"model {self.spec.path!r} returns {k} scores per row but model.outputs names "
+                f"{len(self.output_names)}: {self.output_names}"
+            )
+
+    def _forward(self, arrays: dict) -> np.ndarray:
+        import torch
+
+        tensors = [torch.from_numpy(arrays[n]).to(self.device, dtype=torch.int64) for n in self.field_names]
+        rows = tensors[0].shape[0]
+        with torch.inference_mode():
+            y = self._call(tensors)
+        if not isinstance(y, torch.Tensor):
+            raise ModelError(f"model {self.spec.path!r} returned {type(y).__name__}; expected one tensor")
+        if y.dim() == 1:
+            y = y.unsqueeze(1)
+        if y.dim() != 2 or y.shape[0] != rows:
+            raise ModelError(
+                f"model {self.spec.path!r} returned shape {tuple(y.shape)} for {rows} rows; expected ({rows},) or ({rows}, k)"
+            )
+        return y.detach().to("cpu", torch.float32).numpy()
+
+    def predict(self, arrays: dict, batch_size: int | None = None) -> np.ndarray:
+        """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len)), float32 (rows, k)."""
+        rows = next(iter(arrays.values())).shape[0]
+        k = len(self.output_names or ["score"])
+        out = np.empty((rows, k), dtype=np.float32)
+        bs = batch_size or self.batch_size
+        for start in range(0, rows, bs):
+            stop = min(rows, start + bs)
+            out[start:stop] = self._forward({n: a[start:stop] for n, a in arrays.items()})
+        return out
+
+
+def set_threads(torch_threads: int, interop_threads: int = 1) -> None:
+    """Set torch's and numba's thread pools of this process.
+
+    Needed in every worker process: Dask's nanny sets OMP_NUM_THREADS=1 when it
+    spawns a worker, and torch's settings in a parent do not reach spawned children.
+    """
+    import numba
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    try:  # may only be set once, before any inter-op work in the process
+        torch.set_num_interop_threads(interop_threads)
+    except RuntimeError:
+        pass
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    os.environ["DSCORE_TORCH_THREADS"] = str(torch_threads)

@@ -1,0 +1,121 @@
+"""The output commit protocol: atomic partition files, per-partition records, _SUCCESS.
+
+Layout of an output directory::
+
+    part-000000.parquet ...      one file per input partition (id columns, scores)
+    _parts/part-000000.json      its record, written after the file is in place
+    _job.json                    what this output is: fingerprints of model, tables, fields, input
+    _manifest.json, _SUCCESS     written last, only when every partition is recorded
+                                 and the row counts match the input
+
+A partition's file is written under a temporary name and renamed (on object
+stores it is written as one object, which is atomic there); a retried task writes
+the same final name, so it replaces rather than duplicates. A record exists only
+for a complete file, so ``records()`` is always the set of finished partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import io
+
+SUCCESS = "_SUCCESS"
+JOB = "_job.json"
+MANIFEST = "_manifest.json"
+QUARANTINE = "_quarantine.json"
+REPORT = "_report.json"
+PARTS = "_parts"
+
+
+class Output:
+    """An output directory on any fsspec filesystem."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url
+        self.fs, self.root = io.url_to_fs(url, storage_options)
+        self.root = self.root.rstrip("/")
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+
+    # -------------------------------------------------------------- names
+    def path(self, name: str) -> str:
+        return posixpath.join(self.root, name)
+
+    @staticmethod
+    def part_name(index: int) -> str:
+        return f"part-{index:06d}.parquet"
+
+    # -------------------------------------------------------------- writes
+    def _put(self, name: str, write) -> None:
+        """Write ``name`` atomically: temp file + rename locally, one object elsewhere."""
+        target = self.path(name)
+        if not self.local:
+            with self.fs.open(target, "wb") as f:
+                write(f)
+            return
+        parent = posixpath.dirname(target)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                write(f)
+            self.fs.mv(tmp, target)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+
+    def write_json(self, name: str, obj) -> None:
+        data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+        self._put(name, lambda f: f.write(data))
+
+    def read_json(self, name: str):
+        try:
+            with self.fs.open(self.path(name), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+
+    def write_part(self, index: int, table: pa.Table, record: dict) -> None:
+        """The partition's file, then its record: a record implies a complete file."""
+        self._put(self.part_name(index), lambda f: pq.write_table(table, f))
+        self.write_json(f"{PARTS}/part-{index:06d}.json", record)
+
+    # -------------------------------------------------------------- reads
+    def exists(self) -> bool:
+        return self.fs.exists(self.root) and bool(self.fs.ls(self.root, detail=False))
+
+    def records(self) -> dict[int, dict]:
+        """Finished partitions by index."""
+        base = self.path(PARTS)
+        if not self.fs.exists(base):
+            return {}
+        out = {}
+        paths = [p for p in self.fs.ls(base, detail=False) if p.endswith(".json")]
+        for p in paths:
+            with self.fs.open(p, "rb") as f:
+                rec = json.loads(f.read())
+            out[rec["index"]] = rec
+        return out
+
+    def complete(self) -> bool:
+        return self.fs.exists(self.path(SUCCESS))
+
+    def clear(self) -> None:
+        """Remove what dscore writes here (``--overwrite``); other files are left alone."""
+        if not self.fs.exists(self.root):
+            return
+        for p in self.fs.ls(self.root, detail=False):
+            base = posixpath.basename(p.rstrip("/"))
+            if base.startswith("part-") or base in (SUCCESS, JOB, MANIFEST, QUARANTINE, REPORT, PARTS):
+                self.fs.rm(p, recursive=True)
+
+    def unmark_success(self) -> None:
+        for name in (SUCCESS, MANIFEST):
+            if self.fs.exists(self.path(name)):
+                self.fs.rm(self.path(name))

@@ -1,0 +1,563 @@
+"""The scoring job: read -> encode -> predict -> write, one task per input partition.
+
+``score_table`` is the pure per-partition function (Arrow in, Arrow out). Two Dask
+drivers use it:
+
+* ``Scorer.score(ddf)``: a lazy ``map_partitions`` over a user's dask DataFrame.
+* ``run(job)``: a whole job. Its unit of work is an input *piece* (a file, or a run
+  of row groups of one; see ``io.plan``), submitted with ``client.map`` rather than
+  built as a dask DataFrame, because exactly-once output needs to know which input
+  each task covers: every piece has a deterministic output name and a durable
+  record (``output.Output``), so retries overwrite and reruns resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from . import io
+from .encode import FieldStats, check_field_type, check_fields, encode_table
+from .model import Model, ModelError
+from .model import fingerprint as model_fingerprint
+from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
+from .spec import Field, JobSpec, ModelSpec, SpecError
+from .worker import DscorePlugin, runtime, torch_threads_per_host
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STAGES = ("read", "encode", "predict", "write")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs to score a partition: paths and fingerprints, never the
+    model or the tables themselves (workers load those once; see ``worker``)."""
+
+    fields: tuple
+    model: ModelSpec
+    model_fp: str
+    vocab: str | None
+    vocab_fp: str | None
+    id_columns: tuple
+    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def columns(self) -> list[str]:
+        """Input columns to read: ids first, then each field's column once."""
+        return list(dict.fromkeys([*self.id_columns, *(f.column for f in self.fields)]))
+
+
+# ---------------------------------------------------------------- per partition
+def score_table(table: pa.Table, task: TaskSpec, rt=None):
+    """Score one partition: ``(output table, {field: FieldStats}, {stage: seconds})``.
+
+    The output holds ``task.id_columns`` then one float32 column per model output,
+    one row per input row, in input order.
+    """
+    rt = rt or runtime()
+    vocab, model = rt.vocab(task), rt.model(task)
+    t0 = time.perf_counter()
+    arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers)
+    t1 = time.perf_counter()
+    scores = model.predict(arrays)
+    t2 = time.perf_counter()
+    cols = {c: table.column(c) for c in task.id_columns}
+    for i, name in enumerate(model.output_names):
+        cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
+    return pa.table(cols), stats, {"encode": t1 - t0, "predict": t2 - t1}
+
+
+def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bool) -> dict:
+    """Read, score and commit one piece; return its record (or a quarantine entry)."""
+    t0 = time.perf_counter()
+    fs, _ = io.url_to_fs(piece.url, task.storage_options)
+    try:
+        table = io.read_piece(fs, piece, task.columns)
+        try:  # this file's own schema: inputs may differ from the first file's
+            check_schema(table.schema, task.fields, task.id_columns)
+        except (SpecError, TypeError) as e:
+            raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
+    except io.InputError as e:
+        if not quarantine:
+            raise
+        return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
+    t1 = time.perf_counter()
+    scored, stats, seconds = score_table(table, task)
+    if piece.rows is not None and scored.num_rows != piece.rows:
+        raise RuntimeError(f"{piece.describe()}: read {scored.num_rows} rows, its metadata says {piece.rows}")
+    t2 = time.perf_counter()
+    out = Output(output_url, task.storage_options)
+    record = {
+        "index": piece.index,
+        "file": out.part_name(piece.index),
+        "rows": scored.num_rows,
+        "input": piece.identity(),
+        "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
+    }
+    out.write_part(piece.index, scored, {**record, "seconds": {}})
+    seconds.update(read=t1 - t0, write=time.perf_counter() - t2)
+    return {**record, "seconds": seconds}
+
+
+def _rgs(piece):
+    return (piece.rg_start, piece.rg_stop) if piece.format == "parquet" else None
+
+
+# ---------------------------------------------------------------- planning (client side)
+def _fields_digest(fields, id_columns, outputs) -> str:
+    payload = json.dumps(
+        {"fields": [f.to_dict() for f in fields], "id_columns": list(id_columns), "outputs": list(outputs)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Plan:
+    job: JobSpec
+    task: TaskSpec
+    pieces: list
+    outputs: list
+    header: dict
+
+
+def check_schema(schema: pa.Schema, fields: Sequence[Field], id_columns, where: str = "") -> None:
+    """Every field's column exists with a usable type, and every id column exists.
+
+    Raises ``SpecError`` (missing column) or ``TypeError`` naming the field, the
+    column, the expected and the found type, prefixed by ``where``.
+    """
+    prefix = f"{where}: " if where else ""
+    for f in fields:
+        if f.column not in schema.names:
+            raise SpecError(
+                f"{prefix}field {f.name!r} reads column {f.column!r}, which is not in the input; "
+                f"columns are {schema.names}"
+            )
+        check_field_type(f, schema.field(f.column).type, where=prefix)
+    for c in id_columns:
+        if c not in schema.names:
+            raise SpecError(f"{prefix}id column {c!r} is not in the input; columns are {schema.names}")
+
+
+def plan_job(job: JobSpec) -> Plan:
+    """Everything that can fail before the cluster job starts fails here, naming the
+    file, field or column: inputs, schema, mapping tables, model (one-row probe)."""
+    from .vocab import Vocabulary
+
+    so = job.storage_options
+    fs, paths = io.expand(list(job.input), so)
+    first = io.full_url(fs, paths[0])
+    check_schema(io.read_schema(fs, paths[0]), job.fields, job.id_columns, first)
+    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
+    model_fp = model_fingerprint(job.model.path, so)
+    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
+    task = TaskSpec(
+        fields=tuple(job.fields),
+        model=job.model,
+        model_fp=model_fp,
+        vocab=job.vocab if vocab is not None else None,
+        vocab_fp=vocab.fingerprint() if vocab is not None else None,
+        id_columns=tuple(job.id_columns),
+        storage_options=so,
+    )
+    _warm_kernels(fs, paths[0], task, vocab)
+    pieces = io.plan(fs, paths, job.partition_rows)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "model": {"path": job.model.path, "fingerprint": model_fp},
+        "vocab": {"path": job.vocab, "fingerprint": task.vocab_fp},
+        "fields": _fields_digest(job.fields, job.id_columns, model.output_names),
+        "outputs": model.output_names,
+        "id_columns": list(job.id_columns),
+        "input": {
+            "partitions": len(pieces),
+            "rows": sum(p.rows or 0 for p in pieces),
+            "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
+        },
+    }
+    return Plan(job, task, pieces, model.output_names, header)
+
+
+def _warm_kernels(fs, path, task: TaskSpec, vocab) -> None:
+    """Encode a few real rows here first, so that the kernels for these Arrow types are
+    compiled once and cached on disk before the workers ask for them."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open(path, "rb") as f:
+            if io._format(path) == "csv":
+                return
+            batch = next(pq.ParquetFile(f).iter_batches(batch_size=64, columns=task.columns), None)
+    except Exception:  # reading problems are reported, with the file named, by the job itself
+        return
+    if batch is not None:
+        encode_table(pa.Table.from_batches([batch]), task.fields, vocab)
+
+
+# ---------------------------------------------------------------- cluster
+@contextmanager
+def connect(cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto"):
+    """A ``distributed.Client``: the given one, a new LocalCluster, or a running scheduler."""
+    from distributed import Client, LocalCluster
+
+    if client is not None:
+        yield client
+        return
+    if cluster == "local":
+        from .worker import host_cores
+
+        n = workers or DEFAULT_LAYOUT["workers"](host_cores())
+        t = threads_per_worker or DEFAULT_LAYOUT["threads_per_worker"]
+        with LocalCluster(
+            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0"
+        ) as lc, Client(lc) as c:
+            print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
+            yield c
+    elif "://" in cluster:
+        with Client(cluster) as c:
+            yield c
+    else:
+        raise SpecError(f"cluster: expected 'local' or a scheduler address like tcp://host:8786, got {cluster!r}")
+
+
+# Chosen by measurement on a 2-core machine (docs/benchmarks.md, "worker layout").
+DEFAULT_LAYOUT = {"workers": lambda cores: cores, "threads_per_worker": 1}
+
+
+def register(client, torch_threads=None) -> None:
+    """Register dscore's worker plugin (threads, model cache) on every worker, unless
+    it is there already with the same settings: registering again would tear down
+    the workers' loaded models."""
+    threads = torch_threads or torch_threads_per_host(client)
+    current = client.run(_plugin_threads)
+    if current and all(v == ("set", threads) for v in current.values()):
+        return
+    client.register_plugin(DscorePlugin(threads), name="dscore")
+
+
+def _plugin_threads(dask_worker):
+    plugin = dask_worker.plugins.get("dscore")
+    return ("set", plugin.torch_threads) if plugin is not None else None
+
+
+# ---------------------------------------------------------------- the job
+@dataclass
+class Report:
+    """What a job did. ``status``: complete, partial (partitions quarantined) or failed."""
+
+    job: str
+    output: str
+    status: str
+    partitions: int
+    rows: int
+    scored_partitions: int
+    resumed_partitions: int
+    quarantined: list
+    wall_seconds: float
+    rows_scored: int
+    rows_per_second: float
+    stages: dict
+    fields: dict
+    model: dict
+    cluster: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        lines = [
+            f"dscore {self.status}: {self.rows:,} rows in {self.partitions} partitions -> {self.output}",
+            f"  this run: {self.rows_scored:,} rows in {self.scored_partitions} partitions, "
+            f"{self.wall_seconds:.1f}s, {self.rows_per_second:,.0f} rows/s"
+            + (f" ({self.resumed_partitions} partitions were already done)" if self.resumed_partitions else ""),
+        ]
+        total = sum(self.stages.values()) or 1.0
+        lines.append(
+            "  task time: "
+            + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
+        )
+        lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
+        for name, s in self.fields.items():
+            lines.append(f"  {name:<16}{s['oov_rate']:>10.2%}{s['truncation_rate']:>11.2%}{s['mean_tokens']:>12.1f}")
+        if self.quarantined:
+            lines.append(f"  QUARANTINED {len(self.quarantined)} partitions (see _quarantine.json); output is partial:")
+            lines.extend(f"    {q['error']}" for q in self.quarantined[:5])
+        return "\n".join(lines)
+
+
+class JobError(RuntimeError):
+    """The job cannot run or did not finish; the message says why and what to do."""
+
+
+def _check_resume(out: Output, header: dict, overwrite: bool) -> dict:
+    """Records of partitions already done, after refusing to mix old and new scores."""
+    if overwrite:
+        out.clear()
+        return {}
+    old = out.read_json(JOB)
+    if old is None:
+        if out.exists() and any(
+            not name.rsplit("/", 1)[-1].startswith(".") for name in out.fs.ls(out.root, detail=False)
+        ):
+            raise JobError(
+                f"output {out.url!r} is not empty and holds no dscore job; choose another output or pass --overwrite"
+            )
+        return {}
+    changed = [
+        what
+        for what, key in (
+            ("model", "model"),
+            ("mapping tables", "vocab"),
+            ("field spec / outputs", "fields"),
+            ("input", "input"),
+        )
+        if old.get(key) != header.get(key)
+    ]
+    if changed:
+        raise JobError(
+            f"output {out.url!r} holds scores from a job with a different {', '.join(changed)}; "
+            "refusing to mix old and new scores. Pass --overwrite (overwrite=True) to start over"
+        )
+    return out.records()
+
+
+def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **overrides) -> Report:
+    """Run a whole scoring job and return its ``Report``.
+
+    Parameters
+    ----------
+    job : JobSpec, dict or str
+        The job, or the path of its YAML file.
+    client : distributed.Client, optional
+        Run on this client's cluster instead of the job's ``cluster`` setting.
+    overwrite : bool
+        Discard what an earlier run left in the output. By default a rerun scores
+        only the missing partitions, and refuses if the model, mapping tables,
+        fields or input changed.
+    **overrides
+        Dotted job keys, e.g. ``**{"model.batch_size": 4096}``; they win over the file.
+    """
+    spec = JobSpec.load(job, overrides)
+    start = time.perf_counter()
+    plan = plan_job(spec)
+    out = Output(spec.output, spec.storage_options)
+    done = _check_resume(out, plan.header, overwrite)
+    out.unmark_success()
+    out.write_json(JOB, {**plan.header, "job": spec.to_dict()})
+    todo = [p for p in plan.pieces if p.index not in done]
+    token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
+    records, quarantined = dict(done), []
+    this_run = []
+    label = spec.cluster if client is None else "client"
+    if todo:
+        with connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
+                     memory_limit=spec.memory_limit) as c:  # fmt: skip
+            register(c, spec.model.threads)
+            bar = Progress(len(plan.pieces), len(done), enabled=progress)
+            for rec in _submit(c, todo, plan.task, spec, token):
+                if rec.get("quarantined"):
+                    quarantined.append(rec)
+                else:
+                    records[rec["index"]] = rec
+                    this_run.append(rec)
+                bar.update(rec.get("rows", 0))
+            bar.close()
+    return _finish(spec, plan, out, records, this_run, quarantined, time.perf_counter() - start, label)
+
+
+def _submit(client, pieces, task, spec, token):
+    """Yield each piece's record as it completes; on a failure cancel the rest and raise."""
+    from distributed import as_completed
+
+    futures = client.map(
+        score_piece,
+        pieces,
+        task=task,
+        output_url=spec.output,
+        quarantine=spec.on_bad_input == "quarantine",
+        key=[f"dscore-score-{token}-{p.index}" for p in pieces],
+        retries=spec.retries,
+        pure=False,
+    )
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Report:
+    rows_in = plan.header["input"]["rows"]
+    missing = [p.index for p in plan.pieces if p.index not in records]
+    rows_out = sum(r["rows"] for r in records.values())
+    stats = {f.name: FieldStats() for f in spec.fields}
+    stages = dict.fromkeys(STAGES, 0.0)
+    for rec in this_run:
+        for name, s in rec["stats"].items():
+            stats[name].add(FieldStats(**s))
+        for k, v in rec["seconds"].items():
+            stages[k] += v
+    complete = not missing and (rows_out == rows_in or any(p.rows is None for p in plan.pieces))
+    if quarantined:
+        out.write_json(QUARANTINE, [{"partition": q["index"], "input": q["input"], "error": q["error"]} for q in quarantined])
+    if complete:
+        out.write_json(MANIFEST, {**plan.header, "partitions": [records[i] for i in sorted(records)]})
+        out.write_json(SUCCESS, {"rows": rows_out, "partitions": len(records)})
+    elif not quarantined:
+        raise JobError(
+            f"output {spec.output!r} is incomplete: partitions {missing[:10]} are missing or rows do not match "
+            f"({rows_out} of {rows_in}); rerun the job to finish it"
+        )
+    rows_scored = sum(r["rows"] for r in this_run)
+    report = Report(
+        job=spec.source,
+        output=spec.output,
+        status="complete" if complete else "partial",
+        partitions=len(plan.pieces),
+        rows=rows_out,
+        scored_partitions=len(this_run),
+        resumed_partitions=len(records) - len(this_run),
+        quarantined=[{"partition": q["index"], "error": q["error"]} for q in quarantined],
+        wall_seconds=wall,
+        rows_scored=rows_scored,
+        rows_per_second=rows_scored / wall if wall > 0 else 0.0,
+        stages=stages,
+        fields={n: s.summary() for n, s in stats.items()},
+        model={"path": spec.model.path, "fingerprint": plan.task.model_fp, "outputs": plan.outputs},
+        cluster=label,
+    )
+    out.write_json(REPORT, report.to_dict())
+    return report
+
+
+class Progress:
+    """A progress bar over partitions on stderr (a line every 10% when not a terminal)."""
+
+    def __init__(self, total: int, done: int = 0, enabled: bool = True):
+        self.total, self.done, self.rows = total, done, 0
+        self.enabled = enabled and total > 0
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self._last_decile = -1
+
+    def update(self, rows: int) -> None:
+        self.done += 1
+        self.rows += rows
+        if not self.enabled:
+            return
+        frac = self.done / self.total
+        rate = self.rows / max(time.perf_counter() - self.start, 1e-9)
+        line = f"[{'#' * int(30 * frac):<30}] {self.done}/{self.total} partitions, {self.rows:,} rows, {rate:,.0f} rows/s"
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif int(frac * 10) > self._last_decile:
+            self._last_decile = int(frac * 10)
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+# ---------------------------------------------------------------- Python API over a dask DataFrame
+class Scorer:
+    """Score dask DataFrames with a worker-resident model.
+
+    Parameters
+    ----------
+    model : str or ModelSpec
+        Model file (see ``ModelSpec``); keyword options such as ``batch_size``,
+        ``device``, ``call``, ``outputs``, ``factory`` build the spec from a path.
+    fields : sequence of Field
+    vocab : str or Vocabulary, optional
+        Directory of mapping tables (a loaded ``Vocabulary`` must come from one:
+        workers load tables themselves; they are never shipped in the graph).
+    id_columns : sequence of str
+        Columns copied to the output before the scores.
+
+    Examples
+    --------
+    >>> scorer = Scorer("model.pt", fields, "vocab/", id_columns=["user_id"])  # doctest: +SKIP
+    >>> scorer.register(client)                                                # doctest: +SKIP
+    >>> scores = scorer.score(ddf)          # lazy: id columns + score columns  # doctest: +SKIP
+    """
+
+    def __init__(self, model, fields, vocab=None, *, id_columns=(), storage_options=None, **model_options):
+        from .vocab import Vocabulary
+
+        fields = tuple(fields)
+        check_fields(fields)
+        so = dict(storage_options or {})
+        spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
+        if isinstance(model, ModelSpec) and model_options:
+            spec = dataclasses.replace(spec, **model_options)
+        if isinstance(vocab, Vocabulary):
+            if vocab.source.startswith(("<", "fit(")):
+                raise TypeError("Scorer needs the vocabulary's directory: save it (vocab.save(path)) and pass the path")
+            vocab = vocab.source
+        needs_tables = any(f.buckets is None for f in fields)
+        loaded = Vocabulary.load(vocab, fields=fields, storage_options=so) if (vocab and needs_tables) else None
+        if needs_tables and loaded is None:
+            raise ValueError("fields without buckets need a vocab directory of mapping tables")
+        self.task = TaskSpec(
+            fields=fields,
+            model=spec,
+            model_fp=model_fingerprint(spec.path, so),
+            vocab=vocab if loaded is not None else None,
+            vocab_fp=loaded.fingerprint() if loaded is not None else None,
+            id_columns=tuple(id_columns),
+            storage_options=so,
+        )
+        try:
+            self.outputs = Model.load(spec, fields, device="cpu", storage_options=so).output_names
+        except ModelError:
+            raise
+
+    def register(self, client, torch_threads=None) -> None:
+        """Set up dscore's worker plugin on ``client``'s workers (threads and model cache)."""
+        register(client, torch_threads)
+
+    def score_table(self, table) -> pa.Table:
+        """Score an Arrow table (or pandas frame) in this process."""
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        return score_table(table, self.task)[0]
+
+    def score(self, ddf):
+        """A lazy dask DataFrame: ``id_columns`` then the score columns, partition for partition."""
+        import pandas as pd
+
+        missing = [c for c in self.task.columns if c not in ddf.columns]
+        if missing:
+            raise ValueError(f"column {missing[0]!r} is not in the dask DataFrame; columns are {list(ddf.columns)}")
+        meta = pd.DataFrame(
+            {
+                **{c: ddf._meta[c] for c in self.task.id_columns},
+                **{n: pd.Series([], dtype="float32") for n in self.outputs},
+            }
+        )
+        return ddf[self.task.columns].map_partitions(_score_frame, self.task, meta=meta)
+
+
+def _score_frame(df, task: TaskSpec):
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    scored = score_table(table, task)[0]
+    result = scored.to_pandas()
+    result.index = df.index
+    for c in task.id_columns:  # keep the caller's dtypes for the id columns
+        result[c] = df[c]
+    return result

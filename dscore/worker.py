@@ -1,0 +1,172 @@
+"""Worker-resident state: the model and mapping tables, loaded once per process.
+
+Tasks carry paths and fingerprints (``pipeline.TaskSpec``), never the model or the
+tables. ``runtime()`` is the one accessor tasks use. Inside a Dask worker the
+runtime belongs to ``DscorePlugin`` (registered by ``dscore.run`` and
+``Scorer.register``), which also sets the process's thread pools; elsewhere (a
+threaded scheduler, a test) it is created on first use and leaves threads alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+
+from distributed import WorkerPlugin
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Per-process caches keyed by fingerprint: a changed file is a new key, so it
+    is reloaded; only the newest model and tables are kept."""
+
+    def __init__(self, torch_threads: int | None = None):
+        self.torch_threads = torch_threads
+        self.models: dict = {}
+        self.vocabs: dict = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()  # tasks on several threads must not load twice
+        self.loads = collections.Counter()  # files actually read: "model", "vocab"
+
+    @property
+    def buffers(self) -> dict:
+        """Encode outputs reused partition after partition; one set per thread, since a
+        worker may run several tasks at once."""
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = {}
+        return self._local.buffers
+
+    def model(self, task):
+        from .model import Model
+
+        key = (json.dumps(task.model.to_dict(), sort_keys=True), task.model_fp, task.fields)
+        with self._lock:
+            if key not in self.models:
+                self.models.clear()
+                self.models[key] = Model.load(
+                    task.model, task.fields, storage_options=task.storage_options, expect=task.model_fp
+                )
+                self.loads["model"] += 1
+                log.info("loaded model %s (%s) on %s", task.model.path, task.model_fp, self.models[key].device)
+            return self.models[key]
+
+    def vocab(self, task):
+        from .vocab import Vocabulary
+
+        if task.vocab is None:
+            return None
+        key = (task.vocab, task.vocab_fp)
+        with self._lock:
+            if key not in self.vocabs:
+                self.vocabs.clear()
+                vocab = Vocabulary.load(task.vocab, fields=task.fields, storage_options=task.storage_options)
+                if task.vocab_fp and vocab.fingerprint() != task.vocab_fp:
+                    raise RuntimeError(f"mapping tables in {task.vocab!r} changed while the job was running")
+                self.vocabs[key] = vocab
+                self.loads["vocab"] += 1
+            return self.vocabs[key]
+
+    def close(self) -> None:
+        on_gpu = any(str(m.device).startswith("cuda") for m in self.models.values())
+        self.models.clear()
+        self.vocabs.clear()
+        self._local = threading.local()
+        if on_gpu:
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+_RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's ``Runtime``."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        _RUNTIME = Runtime()
+        if _in_dask_worker():
+            log.warning(
+                "dscore's worker plugin is not registered on this worker, so torch's threads are not "
+                "set for it; call Scorer.register(client) (dscore.run does this) before computing"
+            )
+    return _RUNTIME
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except ValueError:
+        return False
+
+
+def default_torch_threads(worker_threads: int, cores: int, procs_on_host: int) -> int:
+    """Cores per Dask thread on this host, at least 1: Dask threads x torch threads <= cores."""
+    return max(1, cores // max(1, worker_threads * procs_on_host))
+
+
+def host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class DscorePlugin(WorkerPlugin):
+    """Sets torch and numba threads once per worker process and owns its ``Runtime``.
+
+    Parameters
+    ----------
+    torch_threads : int or mapping of host to int, optional
+        Threads per worker process. Precedence: ``DSCORE_TORCH_THREADS`` in the
+        worker's environment (the cluster scripts set it), then this argument,
+        then the worker's share of its host's cores.
+    """
+
+    name = "dscore"
+
+    def __init__(self, torch_threads=None):
+        self.torch_threads = torch_threads
+
+    def setup(self, worker):
+        from .model import set_threads
+
+        global _RUNTIME
+        threads = os.environ.get("DSCORE_TORCH_THREADS")
+        if threads:
+            threads = int(threads)
+        elif isinstance(self.torch_threads, dict):
+            threads = self.torch_threads.get(worker.address.rsplit(":", 1)[0].split("//")[-1])
+        else:
+            threads = self.torch_threads
+        if not threads:
+            threads = default_torch_threads(worker.state.nthreads, host_cores(), 1)
+        set_threads(threads)
+        _RUNTIME = Runtime(threads)
+        log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)
+
+    def teardown(self, worker):
+        global _RUNTIME
+        if _RUNTIME is not None:
+            _RUNTIME.close()
+            _RUNTIME = None
+
+
+def torch_threads_per_host(client) -> dict:
+    """Torch threads for each worker host so that, per host, Dask threads x torch threads <= cores."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    dask_threads = collections.Counter()
+    for addr, w in info.items():
+        dask_threads[addr.rsplit(":", 1)[0].split("//")[-1]] += w["nthreads"]
+    cores = client.run(host_cores)
+    per_host_cores = {}
+    for addr, n in cores.items():
+        per_host_cores[addr.rsplit(":", 1)[0].split("//")[-1]] = n
+    return {h: max(1, per_host_cores.get(h, 1) // t) for h, t in dask_threads.items()}

@@ -1,0 +1,32 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dscore.demo import FIELDS
+
+
+def reference_scores(demo, paths=None, fields=FIELDS):
+    """Eager PyTorch on the plain-Python reference encoding: {user_id: score}."""
+    import glob
+
+    import torch
+
+    from . import naive
+
+    paths = paths or sorted(glob.glob(demo["data"]))
+    table = pa.concat_tables(pq.read_table(p) for p in paths)
+    mapping = {
+        f.name: dict(zip(demo["vocab"][f.name].column("token").to_pylist(), demo["vocab"][f.name].column("index").to_pylist()))
+        for f in fields
+    }
+    inputs = [
+        torch.from_numpy(naive.encode(table.column(f.column).to_pylist(), f, mapping[f.name])[0]).long()
+        for f in fields
+    ]
+    with torch.inference_mode():
+        scores = demo["eager"](*inputs).numpy()
+    return dict(zip(table.column("user_id").to_pylist(), scores.tolist()))
+

@@ -1,0 +1,127 @@
+"""The dscore CLI as users run it: real processes, real files."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dscore import Vocabulary
+
+DSCORE = [sys.executable, "-m", "dscore.cli"]
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+def write_job(tmp_path, demo, **changes):
+    job = {**demo["job"], "output": str(tmp_path / "out"), **changes}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
+
+
+def dscore(*args, timeout=300, **kw):
+    return subprocess.run([*DSCORE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, stopped by pid."""
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "warning"}
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard"],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        from distributed import Client
+
+        with Client(address, timeout=60) as c:
+            c.wait_for_workers(2, timeout=90)
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.mark.cluster
+def test_score_through_a_running_scheduler(demo, tmp_path, dask_cluster):
+    address, procs = dask_cluster
+    job = write_job(tmp_path, demo, cluster="local")  # --scheduler wins over the file
+    r = dscore("score", job, "--scheduler", address, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "dscore complete: 6,000 rows in 6 partitions" in r.stdout
+    files = sorted(glob.glob(str(tmp_path / "out" / "part-*.parquet")))
+    out = pa.concat_tables(pq.read_table(f) for f in files)
+    assert sorted(out.column("user_id").to_pylist()) == list(range(6000))
+    report = json.load(open(tmp_path / "out" / "_report.json"))
+    assert report["cluster"] == address and report["rows_scored"] == 6000
+    assert all(p.poll() is None for p in procs)  # the cluster outlives the job
+
+
+def test_vocab_command_fits_the_job_tables(demo, tmp_path):
+    job = write_job(tmp_path, demo, vocab=str(tmp_path / "vocab"))
+    r = dscore("vocab", job, "--min-count", "2", "--set", "workers=1")
+    assert r.returncode == 0, r.stderr
+    assert "wrote Vocabulary(" in r.stdout
+    fitted = Vocabulary.load(str(tmp_path / "vocab"))
+    assert fitted == demo["vocab"]  # same tables as Vocabulary.fit on the same input
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": {"path": "m.pt", "batchsize": 4}}, "unknown key 'model.batchsize'; allowed keys: path, format"),
+        ({"partition_rows": "many"}, "partition_rows: expected a positive integer, got 'many' (str)"),
+        ({"fields": [{"name": "apps", "kind": "csv"}]}, "fields[0]: field 'apps': kind is 'csv'; expected one of"),
+    ],
+)
+def test_bad_job_file_is_one_clear_line(demo, tmp_path, change, message):
+    job = write_job(tmp_path, demo, **change)
+    r = dscore("score", job)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dscore: error: ") and message in lines[0], r.stderr
+
+
+def test_missing_key_and_missing_file(demo, tmp_path):
+    data = {k: v for k, v in demo["job"].items() if k != "output"}
+    (tmp_path / "j.yaml").write_text(yaml.safe_dump(data))
+    r = dscore("score", str(tmp_path / "j.yaml"))
+    assert r.returncode == 1 and "missing required key 'output'" in r.stderr
+    r = dscore("score", str(tmp_path / "absent.yaml"))
+    assert r.returncode == 1 and "job file" in r.stderr and "does not exist" in r.stderr
+
+
+def test_dask_cli_entry_point():
+    r = subprocess.run([DASK, "dscore", "score", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--scheduler" in r.stdout and "JOB" in r.stdout
