@@ -113,7 +113,7 @@ def _plan_file(fs, path: str, partition_rows: int):
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
     except Exception as e:
-        raise InputError(url, None, None, f"cannot read the parquet footer: {e}") from e
+        raise InputError(url, None, None, f"not a readable parquet file (footer): {type(e).__name__}: {e}") from e
     if meta.num_row_groups == 0:
         return [(url, "parquet", 0, 0, 0, size, version)]
     out, start, rows = [], 0, 0
@@ -127,15 +127,31 @@ def _plan_file(fs, path: str, partition_rows: int):
     return out
 
 
-def plan(fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16) -> list[Piece]:
+def plan(fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None) -> list[Piece]:
     """Pieces of at most ``partition_rows`` rows (but at least one row group) each.
 
+    A file whose footer cannot be read raises ``InputError``, or, when ``bad`` is a
+    list, is appended to it as ``(url, identity, error)`` and left out of the plan.
     Footers are read in a thread pool: on object stores each is a round trip.
     """
+
+    def one(path):
+        try:
+            return _plan_file(fs, path, partition_rows)
+        except InputError as e:
+            if bad is None:
+                raise
+            return e
+
     with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
-        per_file = list(pool.map(lambda p: _plan_file(fs, p, partition_rows), paths))
+        per_file = list(pool.map(one, paths))
     pieces = []
-    for parts in per_file:
+    for path, parts in zip(paths, per_file):
+        if isinstance(parts, InputError):
+            info = fs.info(path)
+            identity = {"url": full_url(fs, path), "size": info.get("size"), "version": _version(info)}
+            bad.append((parts.url, identity, str(parts)))
+            continue
         for args in parts:
             pieces.append(Piece(len(pieces), *args))
     return pieces

@@ -189,8 +189,13 @@ class Model:
             return self.module(**dict(zip(self.field_names, tensors)))
         return self.module(*tensors)
 
-    def probe(self) -> None:
-        """Run one row of OOV tokens; fix the output columns or raise ``ModelError``."""
+    def probe(self, largest: dict | None = None) -> None:
+        """Run one row of OOV tokens; fix the output columns or raise ``ModelError``.
+
+        With ``largest`` (field name -> the largest index the encoding can produce)
+        a second row holds those indices, so that a mapping table bigger than the
+        model's embedding fails here, named, rather than mid-job.
+        """
         arrays = {n: np.full((1, self.max_lens[n]), PROBE_INDEX, dtype=np.int32) for n in self.field_names}
         try:
             out = self._forward(arrays)
@@ -207,6 +212,17 @@ class Model:
                 f"(int64 tensors of shape (1, max_len)): {type(e).__name__}: {e}. Check the fields' order, "
                 "their max_len, and model.call (positional or keyword)"
             ) from e
+        if largest:
+            top = {n: np.full((1, self.max_lens[n]), largest.get(n, PROBE_INDEX), dtype=np.int32) for n in self.field_names}
+            try:
+                self._forward(top)
+            except Exception as e:
+                raise ModelError(
+                    f"model {self.spec.path!r} fails on the largest indices the mapping tables produce "
+                    f"({', '.join(f'{n}: {i}' for n, i in largest.items())}): {type(e).__name__}: "
+                    f"{str(e).splitlines()[-1] if str(e) else ''}. Are the tables bigger than the model's "
+                    "embeddings (tables from another training run)?"
+                ) from e
         k = out.shape[1]
         if self.output_names is None:
             self.output_names = ["score"] if k == 1 else [f"score_{i}" for i in range(k)]

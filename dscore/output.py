@@ -115,7 +115,14 @@ class Output:
             if base.startswith("part-") or base in (SUCCESS, JOB, MANIFEST, QUARANTINE, REPORT, PARTS):
                 self.fs.rm(p, recursive=True)
 
-    def unmark_success(self) -> None:
-        for name in (SUCCESS, MANIFEST):
+    def start_run(self) -> None:
+        """Before a run: the output is not complete any more, and temporary files of
+        writes that a crash interrupted are removed."""
+        for name in (SUCCESS, MANIFEST, QUARANTINE):
             if self.fs.exists(self.path(name)):
                 self.fs.rm(self.path(name))
+        for base in (self.root, self.path(PARTS)):
+            if self.fs.exists(base):
+                for p in self.fs.ls(base, detail=False):
+                    if posixpath.basename(p).startswith(".") and p.endswith(".tmp"):
+                        self.fs.rm(p)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from . import io
@@ -106,9 +107,10 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
         "input": piece.identity(),
         "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
     }
-    out.write_part(piece.index, scored, {**record, "seconds": {}})
+    out.write_part(piece.index, scored, record)
     seconds.update(read=t1 - t0, write=time.perf_counter() - t2)
-    return {**record, "seconds": seconds}
+    # The worker's memory after each partition, so that a leak shows in the report.
+    return {**record, "seconds": seconds, "worker_rss": psutil.Process().memory_info().rss}
 
 
 def _rgs(piece):
@@ -131,6 +133,7 @@ class Plan:
     pieces: list
     outputs: list
     header: dict
+    unreadable: list  # files quarantined at planning: their footer could not be read
 
 
 def check_schema(schema: pa.Schema, fields: Sequence[Field], id_columns, where: str = "") -> None:
@@ -164,6 +167,7 @@ def plan_job(job: JobSpec) -> Plan:
     vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
     model_fp = model_fingerprint(job.model.path, so)
     model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
+    model.probe(largest_indices(job.fields, vocab))
     task = TaskSpec(
         fields=tuple(job.fields),
         model=job.model,
@@ -174,7 +178,8 @@ def plan_job(job: JobSpec) -> Plan:
         storage_options=so,
     )
     _warm_kernels(fs, paths[0], task, vocab)
-    pieces = io.plan(fs, paths, job.partition_rows)
+    bad: list | None = [] if job.on_bad_input == "quarantine" else None
+    pieces = io.plan(fs, paths, job.partition_rows, bad=bad)
     header = {
         "format_version": FORMAT_VERSION,
         "model": {"path": job.model.path, "fingerprint": model_fp},
@@ -188,7 +193,21 @@ def plan_job(job: JobSpec) -> Plan:
             "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
         },
     }
-    return Plan(job, task, pieces, model.output_names, header)
+    unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in (bad or [])]
+    return Plan(job, task, pieces, model.output_names, header, unreadable)
+
+
+def largest_indices(fields, vocab) -> dict:
+    """Per field, the largest index its encoding can produce."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for f in fields:
+        if f.buckets is not None:
+            out[f.name] = f.buckets + 1
+        elif vocab is not None and vocab[f.name].num_rows:
+            out[f.name] = int(pc.max(vocab[f.name].column("index")).as_py())
+    return out
 
 
 def _warm_kernels(fs, path, task: TaskSpec, vocab) -> None:
@@ -273,6 +292,7 @@ class Report:
     fields: dict
     model: dict
     cluster: str
+    peak_worker_rss: int
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -288,6 +308,7 @@ class Report:
         lines.append(
             "  task time: "
             + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
+            + f"; largest worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
         )
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
         for name, s in self.fields.items():
@@ -355,11 +376,11 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     plan = plan_job(spec)
     out = Output(spec.output, spec.storage_options)
     done = _check_resume(out, plan.header, overwrite)
-    out.unmark_success()
+    out.start_run()
     out.write_json(JOB, {**plan.header, "job": spec.to_dict()})
     todo = [p for p in plan.pieces if p.index not in done]
     token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
-    records, quarantined = dict(done), []
+    records, quarantined = dict(done), list(plan.unreadable)
     this_run = []
     label = spec.cluster if client is None else "client"
     if todo:
@@ -378,9 +399,17 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     return _finish(spec, plan, out, records, this_run, quarantined, time.perf_counter() - start, label)
 
 
+NO_WORKERS_TIMEOUT = 300.0  # seconds without any worker before a job gives up
+
+
 def _submit(client, pieces, task, spec, token):
-    """Yield each piece's record as it completes; on a failure cancel the rest and raise."""
-    from distributed import as_completed
+    """Yield each piece's record as it completes; on a failure cancel the rest and raise.
+
+    Worker loss is the scheduler's to handle: it reruns lost tasks elsewhere. But a
+    cluster with no workers at all (all died and none came back) would leave the
+    job waiting forever, so that is an error after ``NO_WORKERS_TIMEOUT``.
+    """
+    from distributed import wait
 
     futures = client.map(
         score_piece,
@@ -392,9 +421,21 @@ def _submit(client, pieces, task, spec, token):
         retries=spec.retries,
         pure=False,
     )
+    pending, alone_since = set(futures), None
     try:
-        for fut in as_completed(futures):
-            yield fut.result()
+        while pending:
+            done, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            for fut in done:
+                yield fut.result()
+            if client.scheduler_info(n_workers=-1)["workers"]:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > NO_WORKERS_TIMEOUT:
+                raise JobError(
+                    f"the cluster has had no workers for {NO_WORKERS_TIMEOUT:.0f}s; {len(pending)} partitions "
+                    "are not scored. Start workers and rerun: the job resumes where it stopped"
+                )
     except BaseException:
         client.cancel(futures)
         raise
@@ -439,6 +480,7 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Rep
         fields={n: s.summary() for n, s in stats.items()},
         model={"path": spec.model.path, "fingerprint": plan.task.model_fp, "outputs": plan.outputs},
         cluster=label,
+        peak_worker_rss=max((r.get("worker_rss", 0) for r in this_run), default=0),
     )
     out.write_json(REPORT, report.to_dict())
     return report

@@ -190,6 +190,17 @@ def test_model_probe_failure_names_the_file(demo, tmp_path):
         plan_job(job)
 
 
+def test_tables_bigger_than_the_model_fail_before_the_job(demo, tmp_path):
+    import dask
+
+    with dask.config.set(scheduler="sync"):
+        bigger = dscore.Vocabulary.fit(demo["data"], dscore.demo.FIELDS)  # min_count 1: more tokens
+    bigger.save(str(tmp_path / "vocab"))
+    job = JobSpec.from_dict({**demo["job"], "vocab": str(tmp_path / "vocab")})
+    with pytest.raises(ValueError, match=r"fails on the largest indices the mapping tables produce \(device_name: \d+, .*apps: \d+"):
+        plan_job(job)
+
+
 def test_refuses_a_foreign_output_directory(demo, client, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")

@@ -186,12 +186,14 @@ def _decode(data, p, end):
         return b0, 1
     if b0 >= 0xF0:
         if p + 4 <= end:
-            return (
+            cp = (
                 ((b0 & 0x07) << 18)
                 | ((np.int64(data[p + 1]) & 0x3F) << 12)
                 | ((np.int64(data[p + 2]) & 0x3F) << 6)
                 | (np.int64(data[p + 3]) & 0x3F)
-            ), 4
+            )
+            if cp < 0x110000:  # beyond Unicode (invalid UTF-8): would index past the tables
+                return cp, 4
     elif b0 >= 0xE0:
         if p + 3 <= end:
             return (

@@ -1,0 +1,289 @@
+"""Exactly-once output, resume, worker loss, killed client, bad input.
+
+Every test ends by checking the output holds each input row exactly once with
+the right score (``check_exactly_once``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import dscore
+from dscore.demo import make_table, package_names
+from dscore.pipeline import JobError
+
+from .helpers import reference_scores
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def many(demo, tmp_path_factory):
+    """24 files of 400 rows (row groups of 100): 48 partitions of 200 rows."""
+    root = tmp_path_factory.mktemp("many")
+    apps = package_names(5000)
+    for i in range(24):
+        pq.write_table(make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100)
+    job = {**demo["job"], "input": str(root / "f*.parquet"), "partition_rows": 200}
+    return {"root": root, "job": job, "rows": 24 * 400, "partitions": 48}
+
+
+def check_exactly_once(demo, output, data_glob, rows):
+    files = sorted(glob.glob(os.path.join(output, "part-*.parquet")))
+    out = pa.concat_tables(pq.read_table(f) for f in files)
+    ids = out.column("user_id").to_pylist()
+    assert len(ids) == rows, f"{len(ids)} rows, expected {rows}"  # nothing lost, nothing duplicated
+    assert len(set(ids)) == rows
+    want = reference_scores(demo, sorted(glob.glob(data_glob)))
+    got = out.column("score").to_numpy()
+    assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+    return out
+
+
+def run_in_thread(job, client, **kw):
+    box = {}
+
+    def target():
+        try:
+            box["report"] = dscore.run(job, client=client, progress=False, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def wait_for_records(output, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(glob.glob(os.path.join(output, "_parts", "*.json"))) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {n} partitions finished in {timeout}s")
+
+
+# ---------------------------------------------------------------- commit protocol and resume
+def test_resume_scores_only_missing_partitions(demo, many, client, tmp_path):
+    job = {**many["job"], "output": str(tmp_path / "out")}
+    first = dscore.run(job, client=client, progress=False)
+    assert first.scored_partitions == 48
+    manifest = json.load(open(tmp_path / "out" / "_manifest.json"))
+    assert len(manifest["partitions"]) == 48 and manifest["input"]["rows"] == many["rows"]
+    rec = manifest["partitions"][5]
+    assert rec["rows"] == 200 and rec["input"]["row_groups"] == [2, 4] and rec["input"]["size"] > 0
+    # Lose 5 partitions (file and record), as a crash would; leave one file without its record.
+    for i in (0, 7, 19, 30, 47):
+        os.remove(tmp_path / "out" / "_parts" / f"part-{i:06d}.json")
+        if i != 7:
+            os.remove(tmp_path / "out" / f"part-{i:06d}.parquet")
+    (tmp_path / "out" / ".part-000003.parquet.deadbeef.tmp").write_bytes(b"half-written")
+    second = dscore.run(job, client=client, progress=False)
+    assert second.scored_partitions == 5 and second.resumed_partitions == 43
+    assert not glob.glob(str(tmp_path / "out" / ".*.tmp"))
+    check_exactly_once(demo, job["output"], job["input"], many["rows"])
+    third = dscore.run(job, client=client, progress=False)  # complete: nothing to do
+    assert third.scored_partitions == 0 and third.status == "complete"
+
+
+def test_retried_task_overwrites(demo, many, tmp_path):
+    from dscore.pipeline import plan_job, score_piece
+    from dscore.spec import JobSpec
+
+    plan = plan_job(JobSpec.from_dict({**many["job"], "output": str(tmp_path / "out")}))
+    piece = plan.pieces[3]
+    a = score_piece(piece, plan.task, str(tmp_path / "out"), False)
+    b = score_piece(piece, plan.task, str(tmp_path / "out"), False)
+    assert a["file"] == b["file"] == "part-000003.parquet"
+    assert sorted(os.listdir(tmp_path / "out")) == ["_parts", "part-000003.parquet"]
+    assert pq.read_table(tmp_path / "out" / "part-000003.parquet").num_rows == 200
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        ({"fields": None}, "field spec"),
+        ({"vocab": "refit"}, "mapping tables"),
+        ({"model": "changed"}, "model"),
+    ],
+)
+def test_refuses_to_mix_old_and_new_scores(demo, many, client, tmp_path, change, what):
+    job = {**many["job"], "output": str(tmp_path / "out")}
+    dscore.run(job, client=client, progress=False)
+    if "fields" in change:
+        job["fields"] = [*job["fields"][:2], {"name": "apps", "max_len": 32}, job["fields"][3]]
+    elif "vocab" in change:
+        v = dscore.Vocabulary.fit(demo["data"], dscore.demo.FIELDS, min_count=3)
+        v.save(str(tmp_path / "vocab"))
+        job["vocab"] = str(tmp_path / "vocab")
+    else:  # the same weights from another file: a different model as far as anyone can prove
+        job["model"] = {"path": str(demo["root"] / "state.pt"), "factory": "dscore.demo:build_model",
+                        "factory_kwargs": {"vocab_sizes": demo["sizes"], "dim": 8, "hidden": [16]}}  # fmt: skip
+    with pytest.raises(JobError, match=f"different {what}.*--overwrite"):
+        dscore.run(job, client=client, progress=False)
+    report = dscore.run(job, client=client, progress=False, overwrite=True)
+    assert report.scored_partitions == 48 and report.status == "complete"
+
+
+# ---------------------------------------------------------------- faults
+def test_worker_killed_mid_job(demo, many, client, tmp_path):
+    """SIGKILL one worker process, by pid, while partitions are in flight."""
+    job = {**many["job"], "output": str(tmp_path / "out")}
+    pids = client.run(os.getpid)
+    thread, box = run_in_thread(job, client)
+    wait_for_records(job["output"], 6)
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    thread.join(300)
+    assert "error" not in box, box.get("error")
+    assert box["report"].status == "complete" and box["report"].rows == many["rows"]
+    assert victim not in client.run(os.getpid).values()  # the nanny started a new process
+    check_exactly_once(demo, job["output"], job["input"], many["rows"])
+
+
+def test_chaos_killworker_repeatedly(demo, many, tmp_path):
+    """distributed.chaos.KillWorker kills workers over and over; the job still finishes exactly once."""
+    import dask
+    from distributed import Client, LocalCluster
+    from distributed.chaos import KillWorker
+
+    job = {**many["job"], "output": str(tmp_path / "out"), "partition_rows": 100}  # 96 partitions
+    with dask.config.set({"distributed.scheduler.allowed-failures": 50}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as c:
+            seen = set()
+            thread, box = run_in_thread(job, c)
+            time.sleep(1.0)  # let the job's own worker plugin register first
+            # segfault: the nanny restarts the worker. (After KillWorker's "sys.exit" mode
+            # the worker exits with status 0 and the nanny takes it for a deliberate close.)
+            c.register_plugin(KillWorker(delay="2s", mode="segfault"), name="chaos")
+            deadline = time.time() + 400
+            while thread.is_alive() and time.time() < deadline:
+                seen |= set(c.run(os.getpid, on_error="ignore").values())
+                time.sleep(0.2)
+            c.unregister_worker_plugin("chaos")
+            thread.join(120)
+    assert not thread.is_alive(), "the job did not finish while workers were being killed"
+    assert "error" not in box, box.get("error")
+    kills = len(seen) - 2
+    assert kills >= 2, f"only {kills} worker kills observed; the test did not exercise worker loss"
+    check_exactly_once(demo, job["output"], job["input"], many["rows"])
+
+
+def test_killed_dscore_process_then_resume(demo, many, tmp_path):
+    """SIGKILL the `dscore score` process itself mid-job; a rerun finishes exactly once."""
+    job = {**many["job"], "output": str(tmp_path / "out"), "workers": 2, "partition_rows": 100}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    cmd = [sys.executable, "-m", "dscore.cli", "score", str(path), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_records(job["output"], 10)
+    finally:
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the cluster it started
+        for p in family:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+    assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
+    done_before = len(glob.glob(str(tmp_path / "out" / "_parts" / "*.json")))
+    assert 10 <= done_before < 96
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.load(open(tmp_path / "out" / "_report.json"))
+    assert report["resumed_partitions"] >= done_before and report["scored_partitions"] == 96 - report["resumed_partitions"]
+    check_exactly_once(demo, job["output"], job["input"], many["rows"])
+
+
+# ---------------------------------------------------------------- bad input
+def corrupt_inputs(src_root, dst, kind):
+    """Copy the inputs and break the third file in the named way; return its path."""
+    os.makedirs(dst)
+    for p in sorted(glob.glob(os.path.join(src_root, "f*.parquet")))[:6]:
+        shutil.copy(p, dst)
+    bad = os.path.join(dst, "f02.parquet")
+    table = pq.read_table(bad)
+    if kind == "garbage":
+        open(bad, "wb").write(b"this is not parquet at all" * 100)
+    elif kind == "truncated":
+        data = open(bad, "rb").read()
+        open(bad, "wb").write(data[: len(data) // 2])
+    elif kind == "corrupt page":
+        data = bytearray(open(bad, "rb").read())
+        data[200:4000] = os.urandom(3800)  # inside the first row groups' pages; the footer is intact
+        open(bad, "wb").write(bytes(data))
+    elif kind == "missing column":
+        pq.write_table(table.drop_columns(["campaigns"]), bad, row_group_size=100)
+    elif kind == "other type":
+        apps = pa.array([None if v is None else v.split(",") for v in table.column("apps").to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("apps"), "apps", apps), bad, row_group_size=100)
+    elif kind == "float cells":
+        dn = pa.array(np.arange(table.num_rows, dtype=np.float64))
+        pq.write_table(table.set_column(table.schema.get_field_index("device_name"), "device_name", dn), bad, row_group_size=100)
+    return bad
+
+
+BAD = {
+    "garbage": r"f02.parquet: not a readable parquet file",
+    "truncated": r"f02.parquet: not a readable parquet file",
+    "corrupt page": r"f02.parquet \(row groups \d+-\d+\)",
+    "missing column": r"f02.parquet \(row groups \d+-\d+\), column 'campaigns': column is missing from the file",
+    "other type": r"f02.parquet \(row groups \d+-\d+\): field 'apps' \(column 'apps', kind 'delimited'\) expects .* found list<",
+    "float cells": r"f02.parquet \(row groups \d+-\d+\): field 'device_name' \(column 'device_name', kind 'scalar'\) expects .*found double",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_input_fails_naming_the_file(demo, many, client, tmp_path, kind):
+    corrupt_inputs(many["root"], tmp_path / "in", kind)
+    job = {**many["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "out")}
+    with pytest.raises(Exception, match=BAD[kind]):
+        dscore.run(job, client=client, progress=False)
+    assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "corrupt page", "missing column", "float cells"])
+def test_quarantine_skips_counts_and_lists(demo, many, tmp_path, kind):
+    bad = corrupt_inputs(many["root"], tmp_path / "in", kind)
+    job = {**many["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "out"),
+           "on_bad_input": "quarantine", "workers": 2}  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    r = subprocess.run([sys.executable, "-m", "dscore.cli", "score", str(path), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 3, r.stdout + r.stderr  # a distinct status: the output is partial
+    assert "QUARANTINED" in r.stdout and "output is partial" in r.stdout
+    assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
+    quarantined = json.load(open(tmp_path / "out" / "_quarantine.json"))
+    assert quarantined and all(q["input"]["url"].endswith("f02.parquet") for q in quarantined)
+    assert all(os.path.basename(bad) in q["error"] for q in quarantined)
+    report = json.load(open(tmp_path / "out" / "_report.json"))
+    assert report["status"] == "partial" and len(report["quarantined"]) == len(quarantined)
+    # Every row of the good files is scored exactly once; no row of the bad file is silently dropped:
+    # it is either scored (its readable row groups) or in a listed partition.
+    files = sorted(glob.glob(str(tmp_path / "out" / "part-*.parquet")))
+    ids = pa.concat_tables(pq.read_table(f) for f in files).column("user_id").to_pylist()
+    assert len(ids) == len(set(ids))
+    good = set(range(6 * 400)) - set(range(800, 1200))
+    assert good <= set(ids)
+    lost = set(range(800, 1200)) - set(ids)
+    listed = sum(200 if q["partition"] is not None else 400 for q in quarantined)
+    assert len(lost) == listed
