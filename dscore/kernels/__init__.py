@@ -1,1 +1,2 @@
-"""Compiled kernels. ``cpu``: Numba CPU kernels; ``unicode``: the normalization tables."""
+"""Compiled kernels. ``cpu``: Numba CPU kernels; ``cuda``: their numba.cuda twins
+(imported only by GPU code paths); ``unicode``: the normalization tables."""

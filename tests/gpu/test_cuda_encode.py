@@ -1,0 +1,173 @@
+"""CUDA encode kernels == CPU kernels == tests/naive.py, on the same inputs as test_encode.
+
+These run on a GPU, or on numba's simulator when NUMBA_ENABLE_CUDASIM=1 is set
+before numba is imported: tests/test_cuda_kernels.py runs this directory so, in
+a child process, with small launches (DSCORE_CUDA_THREADS, DSCORE_CUDA_BLOCKS) so
+that rows fall on block edges and threads loop over several rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from dscore import Field
+from dscore.encode import (
+    _EMPTY_LOOKUP,
+    _as_strings,
+    _bits,
+    _cell_rows,
+    _is_list,
+    _list_rows,
+    _sep,
+    _spec,
+    encode_table,
+)
+from dscore.kernels import cuda as kc
+from dscore.kernels.unicode import tables
+
+from .. import naive
+from ..test_encode import CELL_LAYOUTS, LIST_LAYOUTS, WHITESPACE, arrow_column, as_vocab, cells, fields, vocabulary_for
+
+pytestmark = [
+    pytest.mark.skipif(not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"),
+    # The simulator runs the uint64 hash arithmetic on numpy scalars, which warn when
+    # they wrap; the device (and XXH64) wrap silently.
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+]
+
+
+def encode_cuda(col: pa.ChunkedArray, field: Field, vocab):
+    """``encode_table`` for one field, through the CUDA kernels: ``(host array, counts)``.
+
+    The same steps as ``dscore.encode._encode_array``, chunk by chunk into slices
+    of one device output.
+    """
+    from numba import cuda
+
+    buckets, lk = (field.buckets, _EMPTY_LOOKUP) if field.buckets is not None else (0, vocab.lookup(field))
+    spec, sep, uni = _spec(field), _sep(field), tables()
+    out = cuda.device_array((len(col), field.max_len), np.int32)
+    counts = np.zeros(4, dtype=np.int64)
+    row = 0
+    for chunk in col.chunks:
+        view = out[row : row + len(chunk)]
+        if pa.types.is_dictionary(chunk.type):
+            dictionary = _as_strings(chunk.dictionary)
+            dict_tokens = cuda.device_array(len(dictionary), np.int64)
+            dict_out, _ = kc.encode_rows_cuda(
+                *_cell_rows(dictionary), spec, sep, buckets, lk, uni, row_tokens=dict_tokens
+            )
+            indices = chunk.indices
+            codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
+            codes = codes[indices.offset : indices.offset + len(indices)]
+            got, c = kc.gather_rows_cuda(codes, *_bits(chunk), dict_out, dict_tokens, out=view)
+        else:
+            rows = _list_rows(chunk) if _is_list(chunk.type) else _cell_rows(chunk)
+            got, c = kc.encode_rows_cuda(*rows, spec, sep, buckets, lk, uni, out=view)
+        assert got is view
+        counts += c
+        row += len(chunk)
+    return out.copy_to_host(), counts
+
+
+def check(values, field, layout, seed):
+    """Encode ``values`` on the GPU and on the CPU (and naively); all must agree."""
+    rng = np.random.default_rng(seed)
+    mapping = vocabulary_for(values, field, seed)
+    vocab = as_vocab(mapping)
+    col = arrow_column(values, field.kind, layout, rng)
+    got, counts = encode_cuda(col, field, vocab)
+    arrays, stats = encode_table(pa.table({"f": col}), [field], vocab)
+    want, want_counts = naive.encode(values, field, mapping)
+    np.testing.assert_array_equal(arrays["f"], want)  # the CPU kernel, as test_encode checks
+    np.testing.assert_array_equal(got, want)
+    s = stats["f"]
+    assert counts.tolist() == [s.tokens, s.kept, s.oov, s.truncated] == want_counts
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), field=fields())
+@example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
+def test_cuda_matches_cpu_and_naive(data, field):
+    if data is None:
+        values = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c"]
+        layout, seed = "string", 0
+    else:
+        values = data.draw(cells(field.sep, field.kind))
+        layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
+        seed = data.draw(st.integers(0, 2**32 - 1))
+    check(values, field, layout, seed)
+
+
+LONG = "Ab" * 20 + "É,x"  # keys of 32+ bytes take XXH64's four-lane path
+DELIMITED_ROWS = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c", "a,b,c,d,e,f,g", LONG]
+
+
+@pytest.mark.parametrize(
+    "field, values, layout",
+    [
+        (Field("f", max_len=3), DELIMITED_ROWS, "string"),
+        (Field("f", max_len=2, truncate="tail", pad="left"), DELIMITED_ROWS, "large_string"),
+        (Field("f", max_len=2, truncate="tail", buckets=7), DELIMITED_ROWS, "dictionary"),
+        (Field("f", max_len=4, truncate="tail", buckets=2**31 - 2), DELIMITED_ROWS, "dictionary_large"),
+        (Field("f", sep="::", max_len=3, truncate="tail"), ["::a::::b::", ":a:::b", "::", None, "A::Σ::"], "view"),
+        (Field("f", sep="Σ", max_len=3, lower=False), ["aΣΣbΣ", "ΣΑΣ", "σ", None], "string"),
+        (Field("f", kind="scalar", strip=False), ["ΑΣ", "İ", "ΑΣ'", "A\u00adΣ", None, "\u212a", "  X  ", ""], "string"),
+        (Field("f", kind="list", max_len=2, truncate="tail"), [["a", None, " B "], None, [], ["ΑΣ", "İ", "", "c"]], "list_dict"),
+        (Field("f", kind="list", max_len=3, pad="left"), [["ΑΣ", None], None, ["x"] * 5, [LONG]], "list_view"),
+    ],
+)
+def test_edge_cases(field, values, layout):
+    check(values, field, layout, seed=1)
+
+
+def test_many_rows_per_thread():
+    """More rows than the launch has threads: each thread loops over several."""
+    values = [",".join(f"T{(i * j) % 11}" for j in range(i % 7)) or None for i in range(61)]
+    check(values, Field("f", max_len=4, truncate="tail"), "string", seed=2)
+
+
+def test_every_python_whitespace_and_case_rule():
+    samples = [ws + "X" + ws for ws in WHITESPACE] + [
+        "İ", "ΑΣ", "ΑΣ'", "Σ", "ΑΣΑ", "Α.Σ", "Σ.Α", "ΑΣ\u0301", "\u212a", "ẞ", "ǅ", "\U00010427", "A\u00adΣ",
+    ]  # fmt: skip
+    field = Field("f", kind="scalar")
+    mapping = {k: i + 2 for i, k in enumerate(dict.fromkeys(s.strip().lower() for s in samples))}
+    got, _ = encode_cuda(pa.chunked_array([pa.array(samples)]), field, as_vocab(mapping))
+    assert got[:, 0].tolist() == [mapping[s.strip().lower()] for s in samples]
+
+
+def test_tables_are_uploaded_once():
+    lk = as_vocab({"a": 2}).lookup(Field("f"))
+    first = kc.device_tables(lk)
+    assert kc.device_tables(lk) is first
+    kc.clear()
+    assert kc.device_tables(lk) is not first
+
+
+def test_empty_input_and_bad_output():
+    field = Field("f", max_len=3, buckets=5)
+    empty = pa.array([], pa.string())
+    out, counts = kc.encode_rows_cuda(*_cell_rows(empty), _spec(field), _sep(field), 5, _EMPTY_LOOKUP, tables())
+    assert out.shape == (0, 3) and counts.tolist() == [0, 0, 0, 0]
+    from numba import cuda
+
+    with pytest.raises(ValueError, match=r"out must be an int32 device array of shape \(2, 3\); got int32 \(2, 2\)"):
+        kc.encode_rows_cuda(
+            *_cell_rows(pa.array(["a", "b"])), _spec(field), _sep(field), 5, _EMPTY_LOOKUP, tables(),
+            out=cuda.device_array((2, 2), np.int32),
+        )  # fmt: skip
+
+
+def test_invalid_utf8_beyond_unicode_is_opaque_bytes():
+    """A 4-byte sequence above U+10FFFF (invalid UTF-8, which Arrow may still hold) is
+    kept byte for byte, where cpu._decode would index the Unicode tables out of bounds."""
+    raw = b"\xf5\x80\x80\x80A"
+    arr = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, 5], np.int32)), pa.py_buffer(raw)])
+    field = Field("f", kind="scalar", buckets=1000)
+    out, _ = kc.encode_rows_cuda(*_cell_rows(arr), _spec(field), _sep(field), 1000, _EMPTY_LOOKUP, tables())
+    assert out.copy_to_host().tolist() == [[2 + naive.xxh64(b"\xf5\x80\x80\x80a") % 1000]]
