@@ -1,0 +1,324 @@
+"""cluster/: the deployment scripts start real processes, print an address a client
+can use, give workers the thread layout, and stop everything they started; the batch
+launchers' job scripts and the Kubernetes manifests carry the same layout.
+
+Tests marked ``cluster`` start real scheduler and worker processes on 127.0.0.1 and
+stop them by pid; every wait has a timeout so that a hung process fails the test
+instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from distributed import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+LAYOUT_VARS = (
+    "DSCORE_TORCH_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """This environment, with this interpreter's `dask` first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), env.get("PATH", "")]
+    )
+    # The cluster must get its layout and TLS settings from the scripts, not from us.
+    for var in (*LAYOUT_VARS, "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"):
+        env.pop(var, None)
+    env.update(extra)
+    return env
+
+
+def run(args, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", script_env())
+    return subprocess.run(
+        [str(a) for a in args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+def worker_layout(client: Client) -> dict[str, dict[str, str | None]]:
+    # A lambda, so that cloudpickle ships it by value and it reads the worker's own
+    # os.environ (os.environ.get itself would pickle this process's environment).
+    return client.run(lambda: {var: os.environ.get(var) for var in LAYOUT_VARS})
+
+
+def process_tree(pids) -> set[int]:
+    """The pids and all their descendants that exist now."""
+    found = set()
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            found |= {pid, *(child.pid for child in proc.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def running(pids) -> list[int]:
+    """The pids that still run (zombies awaiting their reaper have stopped)."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def kill_groups(pids) -> None:
+    """Backstop after a failure: SIGKILL the process groups the scripts started."""
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def pidfile_pids(rundir: Path) -> list[int]:
+    return [int(p.read_text()) for p in rundir.glob("*.pid")]
+
+
+@pytest.fixture
+def start_local(tmp_path):
+    """Run cluster/local.sh on a free port; stop (and, failing that, kill) at teardown."""
+    rundirs = []
+
+    def start(*args: str) -> tuple[Path, str]:
+        rundir = tmp_path / f"run{len(rundirs)}"
+        rundirs.append(rundir)
+        proc = run(
+            [
+                CLUSTER / "local.sh",
+                "--rundir",
+                rundir,
+                "--port",
+                "0",
+                "--dashboard-port",
+                "none",
+                "--timeout",
+                "40",
+                *args,
+            ],
+        )
+        assert proc.returncode == 0, proc.stderr
+        return rundir, proc.stdout.strip().splitlines()[-1]
+
+    yield start
+    for rundir in rundirs:
+        pids = pidfile_pids(rundir)
+        try:
+            run([CLUSTER / "local.sh", "stop", rundir], timeout=40)
+        finally:
+            kill_groups(pids)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
+    rundir, address = start_local(
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--torch-threads",
+        "3",
+        "--memory-limit",
+        "1GiB",
+    )
+
+    assert address.startswith("tcp://127.0.0.1:")
+    assert json.loads((rundir / "scheduler.json").read_text())["address"] == address
+    assert (rundir / "address").read_text().strip() == address
+    with Client(address, timeout=10) as client:
+        assert sorted(client.nthreads().values()) == [2, 2]
+        assert client.submit(sum, range(10)).result(timeout=10) == 45
+        assert sum(client.gather(client.map(abs, range(-20, 0)))) == 210
+        layouts = worker_layout(client)
+        assert len(layouts) == 2
+        assert all(
+            layout == dict.fromkeys(LAYOUT_VARS, "3") for layout in layouts.values()
+        )
+        limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+        assert set(limits.values()) == {2**30}
+
+    # The nannies' worker processes are children, not in the pid files: collect them too.
+    pids = process_tree(pidfile_pids(rundir))
+    assert len(pids) >= 5  # scheduler, 2 nannies, 2 worker processes
+    stop = run([CLUSTER / "local.sh", "stop", rundir], timeout=40)
+    assert stop.returncode == 0, stop.stderr
+    assert running(pids) == []
+    assert list(rundir.glob("*.pid")) == []
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_local_sh_tls_admits_only_clients_with_the_cluster_certificates(
+    start_local, tmp_path
+):
+    certs, stranger = tmp_path / "certs", tmp_path / "stranger"
+    for directory in (certs, stranger):
+        made = run([sys.executable, CLUSTER / "tls.py", directory])
+        assert made.returncode == 0, made.stderr
+    assert oct((certs / "client-key.pem").stat().st_mode & 0o777) == "0o600"
+
+    _, address = start_local("--workers", "1", "--tls", certs)
+    assert address.startswith("tls://127.0.0.1:")
+
+    # Clients in fresh processes: a refused Client can leave distributed's shared
+    # event loop unusable for the next one in the same process.
+    # A client set up the way users are told to (`. DIR/client.env`) computes.
+    sourced = run(
+        ["bash", "-c", f'. "{certs}/client.env" && exec "$0" "$@"']
+        + [sys.executable, "-c", TRY_CLIENTS, address, "config"]
+    )
+    assert sourced.returncode == 0, sourced.stderr
+    assert sourced.stdout.splitlines() == ["config: 7"]
+    # So does one with explicit certificates; others are turned away.
+    tried = run([sys.executable, "-c", TRY_CLIENTS, address, certs, stranger])
+    assert tried.returncode == 0, tried.stderr
+    assert tried.stdout.splitlines() == [
+        "cluster certificate: 7",
+        "no certificate: refused",
+        "trusts the cluster, stranger's certificate: refused",
+        "plain tcp: refused",
+    ]
+
+
+TRY_CLIENTS = """
+import sys
+from distributed import Client
+from distributed.security import Security
+
+def attempt(name, address, **kwargs):
+    try:
+        with Client(address, timeout=5, **kwargs) as client:
+            print(f"{name}: {client.submit(sum, [3, 4]).result(timeout=10)}")
+    except (OSError, TypeError, TimeoutError) as e:
+        print(f"{name}: refused")
+        print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
+
+def security(ca, me):
+    return Security(
+        tls_ca_file=f"{ca}/ca.pem",
+        tls_client_cert=f"{me}/client.pem",
+        tls_client_key=f"{me}/client-key.pem",
+        require_encryption=True,
+    )
+
+address = sys.argv[1]
+if sys.argv[2] == "config":  # certificates from dask config, e.g. DIR/client.env
+    attempt("config", address)
+else:
+    certs, stranger = sys.argv[2:4]
+    for name, addr, security_ in [
+        ("cluster certificate", address, security(certs, certs)),
+        ("no certificate", address, Security()),
+        ("trusts the cluster, stranger's certificate", address, security(certs, stranger)),
+        ("plain tcp", address.replace("tls://", "tcp://"), Security()),
+    ]:
+        attempt(name, addr, security=security_)
+"""
+
+
+def test_tls_py_refuses_to_overwrite(tmp_path):
+    assert run([sys.executable, CLUSTER / "tls.py", tmp_path]).returncode == 0
+    again = run([sys.executable, CLUSTER / "tls.py", tmp_path])
+    assert again.returncode != 0
+    assert "pass --force" in again.stderr
+    assert (
+        run([sys.executable, CLUSTER / "tls.py", tmp_path, "--force"]).returncode == 0
+    )
+
+
+def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
+    bad = run([CLUSTER / "local.sh", "--workers", "0"])
+    assert bad.returncode != 0
+    assert "--workers must be an integer >= 1, got '0'" in bad.stderr
+    unknown = run([CLUSTER / "local.sh", "--wrokers", "2"])
+    assert "unknown argument '--wrokers'" in unknown.stderr
+    no_certs = run(
+        [CLUSTER / "local.sh", "--rundir", tmp_path / "run", "--tls", tmp_path]
+    )
+    assert no_certs.returncode != 0
+    assert (
+        "ca.pem is missing" in no_certs.stderr and "cluster/tls.py" in no_certs.stderr
+    )
+    assert list((tmp_path / "run").glob("*.pid")) == []
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["local.sh", "gpu.sh", "tls.py"],
+)
+def test_every_script_has_a_usage_message(script):
+    path = CLUSTER / script
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+    args = (
+        [path, "--help"] if script.endswith(".sh") else [sys.executable, path, "--help"]
+    )
+    usage = run(args)
+    assert usage.returncode == 0, usage.stderr
+    assert "usage" in usage.stdout.lower()
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed"
+)
+def test_shell_scripts_pass_shellcheck():
+    scripts = sorted(CLUSTER.glob("*.sh"))
+    checked = run(["shellcheck", "-x", *scripts], cwd=ROOT)
+    assert checked.returncode == 0, checked.stdout
+
+
+def fake_commands(directory: Path, **scripts: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = directory / name
+        path.write_text("#!/usr/bin/env bash\n" + body)
+        path.chmod(0o755)
+    return directory
+
+
+def test_gpu_sh_explains_a_missing_dask_cuda(tmp_path):
+    bin_dir = fake_commands(
+        tmp_path / "bin", dask="[[ $1 == cuda ]] && exit 2\nexit 0\n"
+    )
+    proc = run([CLUSTER / "gpu.sh"], env=script_env(DASK=str(bin_dir / "dask")))
+    assert proc.returncode != 0
+    assert "dask-cuda is not installed" in proc.stderr
+    assert "environment-gpu.yml" in proc.stderr
+
+
+def test_gpu_sh_explains_missing_gpus(tmp_path):
+    bin_dir = fake_commands(
+        tmp_path / "bin", dask="exit 0\n", **{"nvidia-smi": "exit 0\n"}
+    )
+    env = script_env(DASK=str(bin_dir / "dask"))
+    env["PATH"] = os.pathsep.join([str(bin_dir), env["PATH"]])
+    proc = run([CLUSTER / "gpu.sh"], env=env)
+    assert proc.returncode != 0
+    assert "no NVIDIA GPU" in proc.stderr and "cluster/local.sh" in proc.stderr
