@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -272,7 +274,7 @@ def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
 
 @pytest.mark.parametrize(
     "script",
-    ["local.sh", "gpu.sh", "tls.py"],
+    ["local.sh", "gpu.sh", "slurm.py", "pbs.py", "ssh.py", "tls.py"],
 )
 def test_every_script_has_a_usage_message(script):
     path = CLUSTER / script
@@ -322,3 +324,233 @@ def test_gpu_sh_explains_missing_gpus(tmp_path):
     proc = run([CLUSTER / "gpu.sh"], env=env)
     assert proc.returncode != 0
     assert "no NVIDIA GPU" in proc.stderr and "cluster/local.sh" in proc.stderr
+
+
+# ---- batch systems (dask-jobqueue)
+
+JOB_ARGS = [
+    "--jobs",
+    "3",
+    "--cores",
+    "8",
+    "--memory",
+    "16GiB",
+    "--processes",
+    "4",
+    "--torch-threads",
+    "2",
+    "--walltime",
+    "02:00:00",
+    "--queue",
+    "q1",
+    "--account",
+    "acct",
+    "--prologue",
+    "conda activate dscore",
+    "--dry-run",
+]
+
+
+def check_job_script(script: str) -> None:
+    lines = script.splitlines()
+    assert lines[0].startswith("#!")
+    (worker,) = [line for line in lines if "distributed.cli.dask_worker" in line]
+    # 8 cores / 4 processes = 2 threads each; 16 GiB / 4 processes = 4 GiB each.
+    for option in ("--nthreads 2", "--nworkers 4", "--memory-limit 4.00GiB"):
+        assert option in worker
+    exports = [f"export {var}=2" for var in LAYOUT_VARS]
+    for export in exports:
+        assert export in lines
+    # The user's prologue first, so that `conda activate` cannot undo the layout.
+    assert lines.index("conda activate dscore") < lines.index(exports[0])
+    assert lines.index(exports[-1]) < lines.index(worker)
+
+
+def test_slurm_py_dry_run_prints_the_job_script():
+    proc = run(
+        [sys.executable, CLUSTER / "slurm.py", *JOB_ARGS, "--job-extra=--gres=gpu:1"]
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    check_job_script(script)
+    for directive in (
+        "--cpus-per-task=8",
+        "--mem=16G",
+        "-t 02:00:00",
+        "-p q1",
+        "-A acct",
+        "--gres=gpu:1",
+    ):
+        assert f"#SBATCH {directive}" in script
+    assert "3 job(s)" in proc.stderr
+
+
+def test_pbs_py_dry_run_prints_the_job_script():
+    proc = run(
+        [sys.executable, CLUSTER / "pbs.py", *JOB_ARGS, "--job-extra=-l ngpus=1"]
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    check_job_script(script)
+    for directive in (
+        "-l select=1:ncpus=8:mem=16GB",
+        "-l walltime=02:00:00",
+        "-q q1",
+        "-A acct",
+        "-l ngpus=1",
+    ):
+        assert f"#PBS {directive}" in script
+
+
+def test_jobqueue_launchers_check_the_layout():
+    proc = run(
+        [
+            sys.executable,
+            CLUSTER / "slurm.py",
+            "--cores",
+            "2",
+            "--memory",
+            "1GiB",
+            "--processes",
+            "3",
+            "--dry-run",
+        ]
+    )
+    assert proc.returncode == 2
+    assert "--processes 3 is more than --cores 2" in proc.stderr
+
+
+def read_line(stream, timeout: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no line on stdout after {timeout} s") from None
+
+
+# Test doubles: sbatch runs the job script here, detached, in a process group whose id
+# it reports as the job id; scancel ends that group.
+FAKE_SBATCH = """\
+set -euo pipefail
+n=$(find "$FAKE_SLURM_DIR" -maxdepth 1 -name 'job-*.sh' | wc -l)
+cp "$1" "$FAKE_SLURM_DIR/job-$n.sh"  # dask-jobqueue deletes its file once submitted
+setsid bash "$FAKE_SLURM_DIR/job-$n.sh" </dev/null >"$FAKE_SLURM_DIR/job-$n.log" 2>&1 &
+echo "$!" >"$FAKE_SLURM_DIR/job-$n.pid"
+echo "Submitted batch job $!"
+"""
+FAKE_SCANCEL = 'for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null || true; done\n'
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+def test_slurm_py_serves_workers_from_jobs_until_interrupted(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    bin_dir = fake_commands(tmp_path / "bin", sbatch=FAKE_SBATCH, scancel=FAKE_SCANCEL)
+    env = script_env(FAKE_SLURM_DIR=str(jobs))
+    env["PATH"] = os.pathsep.join([str(bin_dir), env["PATH"]])
+    scheduler_file = tmp_path / "scheduler.json"
+    with open(tmp_path / "launcher.log", "w") as log:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                str(CLUSTER / "slurm.py"),
+                "--cores",
+                "2",
+                "--memory",
+                "1GiB",
+                "--processes",
+                "1",
+                "--torch-threads",
+                "2",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--timeout",
+                "40",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+    job_pids: list[int] = []
+    try:
+        address = read_line(launcher.stdout, timeout=60).strip()
+        assert address.startswith("tcp://127.0.0.1:"), (
+            tmp_path / "launcher.log"
+        ).read_text()
+        assert json.loads(scheduler_file.read_text())["address"] == address
+        with Client(address, timeout=10) as client:
+            assert list(client.nthreads().values()) == [2]
+            assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+            assert list(worker_layout(client).values()) == [
+                dict.fromkeys(LAYOUT_VARS, "2")
+            ]
+
+        job_pids = pidfile_pids(jobs)
+        assert len(job_pids) == 1
+        pids = process_tree(job_pids)
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=40) == 0
+        assert running(pids) == []  # the launcher cancelled its job on the way out
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        kill_groups(job_pids)
+
+
+def test_ssh_py_dry_run_maps_the_hosts_file_and_layout(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# scheduler first\nnode0  # login node\n\nnode1\nnode2\n")
+    proc = run(
+        [
+            sys.executable,
+            CLUSTER / "ssh.py",
+            hosts,
+            "--workers-per-host",
+            "4",
+            "--threads",
+            "2",
+            "--torch-threads",
+            "3",
+            "--memory-limit",
+            "8GiB",
+            "--dry-run",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout)
+    assert spec["hosts"] == ["node0", "node1", "node2"]
+    assert spec["scheduler_options"]["host"] == "node0"
+    assert spec["scheduler_options"]["dashboard_address"].startswith("127.0.0.1:")
+    workers = spec["worker_options"]
+    assert (workers["n_workers"], workers["nthreads"], workers["memory_limit"]) == (
+        4,
+        2,
+        "8GiB",
+    )
+    assert workers["env"] == dict.fromkeys(LAYOUT_VARS, "3")
+    assert "8 workers" in proc.stderr
+
+    hosts.write_text("localhost\n")
+    single = json.loads(
+        run(
+            [
+                sys.executable,
+                CLUSTER / "ssh.py",
+                hosts,
+                "--workers-per-host",
+                "1",
+                "--dry-run",
+            ]
+        ).stdout
+    )
+    # The scheduler and the workers share the one host.
+    assert single["hosts"] == ["localhost", "localhost"]
