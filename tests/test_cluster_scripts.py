@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from distributed import Client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -554,3 +555,62 @@ def test_ssh_py_dry_run_maps_the_hosts_file_and_layout(tmp_path):
     )
     # The scheduler and the workers share the one host.
     assert single["hosts"] == ["localhost", "localhost"]
+
+
+# ---- conda environments
+
+
+def conda_deps(name: str) -> tuple[dict[str, str], list[str]]:
+    """{package: spec} of a conda environment file, and its pip lines."""
+    env = yaml.safe_load((ROOT / name).read_text())
+    assert env["channels"][0] == "conda-forge"
+    deps, pip = {}, []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip += dep["pip"]
+        else:
+            deps[dep.split()[0].split("=")[0].split(">")[0].split("<")[0]] = dep
+    return deps, pip
+
+
+def test_environment_yml_covers_the_package_dependencies():
+    deps, pip = conda_deps("environment.yml")
+    assert pip == ["-e ."]
+    required = {
+        "python",
+        "dask",
+        "distributed",
+        "pytorch",
+        "pyarrow",
+        "numba",
+        "fsspec",
+        "pyyaml",
+        "click",
+        "psutil",
+        "s3fs",
+        "pip",
+    }
+    assert required <= set(deps)
+    assert "pytorch-cpu" in deps
+    # Every runtime dependency of the package comes from conda, so that pip installs
+    # only dscore itself (and never a second, CUDA-sized torch).
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    start = pyproject.index("dependencies = [")
+    names = {"torch": "pytorch"}
+    for line in pyproject[start : pyproject.index("]", start)].splitlines()[1:]:
+        requirement = line.strip().strip('",')
+        name = requirement.split("[")[0].split(">")[0].split("=")[0].split("<")[0]
+        assert names.get(name, name) in deps, (
+            f"{name} from pyproject.toml is missing in environment.yml"
+        )
+
+
+def test_environment_gpu_yml_differs_only_by_the_gpu_packages():
+    cpu, cpu_pip = conda_deps("environment.yml")
+    gpu, gpu_pip = conda_deps("environment-gpu.yml")
+    assert gpu_pip == cpu_pip
+    assert set(cpu) - set(gpu) == {"pytorch-cpu"}
+    assert {"pytorch-gpu", "cupy", "dask-cuda"} <= set(gpu) - set(cpu)
+    assert {k: v for k, v in gpu.items() if k in cpu} == {
+        k: v for k, v in cpu.items() if k in gpu
+    }
