@@ -557,6 +557,82 @@ def test_ssh_py_dry_run_maps_the_hosts_file_and_layout(tmp_path):
     assert single["hosts"] == ["localhost", "localhost"]
 
 
+# ---- Kubernetes (dask-kubernetes operator)
+
+K8S = CLUSTER / "kubernetes"
+
+
+def load_all(name: str) -> list[dict]:
+    with open(K8S / name) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def check_dask_cluster_spec(spec: dict, name: str) -> None:
+    """The operator's DaskCluster spec: dscore image, layout env, scheduler service."""
+    (worker,) = spec["worker"]["spec"]["containers"]
+    (scheduler,) = spec["scheduler"]["spec"]["containers"]
+    assert spec["worker"]["replicas"] >= 1
+    for container in (worker, scheduler):
+        assert container["image"].split("/")[-1].startswith("dscore:")
+    assert worker["args"][:2] == ["dask", "worker"]
+    assert "$(DASK_WORKER_NAME)" in worker["args"]
+    threads = worker["args"][worker["args"].index("--nthreads") + 1]
+    assert int(threads) >= 1
+    env = {item["name"]: item["value"] for item in worker["env"]}
+    values = {env[var] for var in LAYOUT_VARS}
+    assert len(values) == 1, f"layout variables disagree: {env}"
+    assert scheduler["args"][:2] == ["dask", "scheduler"]
+    assert {p["name"]: p["containerPort"] for p in scheduler["ports"]} == {
+        "tcp-comm": 8786,
+        "http-dashboard": 8787,
+    }
+    service = spec["scheduler"]["service"]
+    assert service["selector"] == {
+        "dask.org/cluster-name": name,
+        "dask.org/component": "scheduler",
+    }
+    assert {p["port"] for p in service["ports"]} == {8786, 8787}
+
+
+def test_daskjob_manifest_scores_against_its_ephemeral_cluster():
+    docs = load_all("daskjob.yaml")
+    (job,) = [d for d in docs if d["kind"] == "DaskJob"]
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert job["apiVersion"] == "kubernetes.dask.org/v1"
+    name = job["metadata"]["name"]
+    # The operator names the job's cluster (and its scheduler service) after the job.
+    check_dask_cluster_spec(job["spec"]["cluster"]["spec"], name)
+
+    pod = job["spec"]["job"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (runner,) = pod["containers"]
+    assert (
+        runner["image"]
+        == job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"][0]["image"]
+    )
+    command = runner.get("command", []) + runner["args"]
+    assert command[:3] == ["dscore", "score", "/config/job.yaml"]
+    assert command[command.index("--scheduler") + 1] == "$(DASK_SCHEDULER_ADDRESS)"
+    (mount,) = [m for m in runner["volumeMounts"] if m["mountPath"] == "/config"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    job_file = yaml.safe_load(config_map["data"]["job.yaml"])
+    assert {"input", "output", "fields", "model"} <= set(job_file)
+
+
+def test_daskcluster_manifest_is_a_standing_cluster():
+    (cluster,) = load_all("daskcluster.yaml")
+    assert cluster["apiVersion"] == "kubernetes.dask.org/v1"
+    assert cluster["kind"] == "DaskCluster"
+    check_dask_cluster_spec(cluster["spec"], cluster["metadata"]["name"])
+
+
+def test_dockerfile_builds_from_environment_yml():
+    dockerfile = (K8S / "Dockerfile").read_text()
+    assert "FROM mambaorg/micromamba" in dockerfile
+    assert "environment.yml" in dockerfile
+
+
 # ---- conda environments
 
 
