@@ -10,8 +10,9 @@ passwordless SSH from here and the same Python environment (--remote-python) at 
 same path. Uses distributed's SSHCluster, which needs the asyncssh package.
 
 The scheduler binds to the first host's address as written in HOSTS (write
-127.0.0.1 or localhost to keep it on loopback); its dashboard and the workers'
-dashboards bind to 127.0.0.1 on their hosts (reach them through an SSH tunnel).
+127.0.0.1 or localhost to keep it on loopback); workers listen on their hosts'
+interfaces (--interface to pick one); the dashboards bind to 127.0.0.1 on their
+hosts (reach them through an SSH tunnel).
 This process holds the SSH connections: Ctrl-C stops the cluster.
 """
 
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--interface",
-        help="network interface of the workers, e.g. ib0 (default: the one that reaches the scheduler)",
+        help="network interface the workers listen on, e.g. ib0 (default: all of them; "
+        "they advertise the address that reaches the scheduler)",
     )
     parser.add_argument(
         "--remote-python",
