@@ -125,10 +125,6 @@ else
     device_env=()
 fi
 
-prepare_rundir "$rundir"
-scheduler_file=${scheduler_file:-$RUNDIR/scheduler.json}
-rm -f "$scheduler_file"
-
 scheduler_tls=() worker_tls=() protocol=()
 if [[ -n $tls_dir ]]; then
     tls_dir=$(cd "$tls_dir" 2>/dev/null && pwd) || die "--tls: no directory $tls_dir"
@@ -137,6 +133,10 @@ if [[ -n $tls_dir ]]; then
     protocol=(--protocol tls)
     export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
 fi
+
+prepare_rundir "$rundir"
+scheduler_file=${scheduler_file:-$RUNDIR/scheduler.json}
+rm -f "$scheduler_file"
 if [[ $dashboard_port == none ]]; then
     dashboard=(--no-dashboard)
 else

@@ -110,10 +110,6 @@ if ((workers * threads * torch_threads > cores)); then
     info "warning: $workers workers x $threads threads x $torch_threads torch threads = $((workers * threads * torch_threads)) > $cores cores (oversubscribed)"
 fi
 
-prepare_rundir "$rundir"
-scheduler_file=${scheduler_file:-$RUNDIR/scheduler.json}
-rm -f "$scheduler_file" # a stale file would hand out an old address
-
 scheduler_tls=() worker_tls=() protocol=()
 if [[ -n $tls_dir ]]; then
     tls_dir=$(cd "$tls_dir" 2>/dev/null && pwd) || die "--tls: no directory $tls_dir"
@@ -123,6 +119,10 @@ if [[ -n $tls_dir ]]; then
     # Refuse unencrypted connections too, not just offer TLS.
     export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
 fi
+
+prepare_rundir "$rundir"
+scheduler_file=${scheduler_file:-$RUNDIR/scheduler.json}
+rm -f "$scheduler_file" # a stale file would hand out an old address
 if [[ $dashboard_port == none ]]; then
     dashboard=(--no-dashboard)
 else

@@ -140,7 +140,7 @@ def start_local(tmp_path):
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
     rundir, address = start_local(
         "--workers",
@@ -178,7 +178,7 @@ def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_local_sh_tls_admits_only_clients_with_the_cluster_certificates(
     start_local, tmp_path
 ):
@@ -270,7 +270,7 @@ def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
     assert (
         "ca.pem is missing" in no_certs.stderr and "cluster/tls.py" in no_certs.stderr
     )
-    assert list((tmp_path / "run").glob("*.pid")) == []
+    assert not (tmp_path / "run").exists()  # checked before anything starts
 
 
 @pytest.mark.parametrize(
@@ -444,7 +444,7 @@ FAKE_SCANCEL = 'for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null || true; don
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_slurm_py_serves_workers_from_jobs_until_interrupted(tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
