@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from dscore import Field, Vocabulary
 from dscore.demo import delimited_column, package_names
-from dscore.encode import encode_table
+from dscore.encoding import encode_table
 
 MAX_LEN = 64
 FIELD = Field("apps", max_len=MAX_LEN)

@@ -127,7 +127,7 @@ def _model_only(job: str, rows: int, batch_size: int, seconds: float, torch_thre
     """In one process: encode ``rows`` rows once, then time forward passes alone."""
     import pyarrow.parquet as pq
 
-    from .encode import encode
+    from .encoding import encode
     from .model import Model, set_threads
     from .spec import JobSpec
     from .vocab import Vocabulary

@@ -230,7 +230,7 @@ def vocab_sizes(vocab, fields=FIELDS) -> list[int]:
 
 def train(model, table: pa.Table, vocab, *, epochs: int = 2, batch_size: int = 512, lr: float = 3e-3, seed: int = 0):
     """A short supervised training loop on ``table`` (encoded with dscore); returns the final loss."""
-    from .encode import encode
+    from .encoding import encode
 
     torch.manual_seed(seed)
     arrays = encode(table, FIELDS, vocab)

@@ -28,12 +28,12 @@ import psutil
 import pyarrow as pa
 
 from . import io
-from .encode import FieldStats, check_field_type, check_fields, encode_table
+from .encoding import FieldStats, check_field_type, check_fields, encode_table
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
 from .spec import Field, JobSpec, ModelSpec, SpecError
-from .worker import DscorePlugin, runtime, torch_threads_per_host
+from .worker import DscorePlugin, relieve_memory, runtime, torch_threads_per_host
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +100,21 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
         raise RuntimeError(f"{piece.describe()}: read {scored.num_rows} rows, its metadata says {piece.rows}")
     t2 = time.perf_counter()
     out = Output(output_url, task.storage_options)
+    seconds["read"] = t1 - t0
     record = {
         "index": piece.index,
         "file": out.part_name(piece.index),
         "rows": scored.num_rows,
         "input": piece.identity(),
         "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
+        # The worker's memory after each partition, so that a leak shows in the manifest.
+        "worker_rss": psutil.Process().memory_info().rss,
     }
-    out.write_part(piece.index, scored, record)
-    seconds.update(read=t1 - t0, write=time.perf_counter() - t2)
-    # The worker's memory after each partition, so that a leak shows in the report.
-    return {**record, "seconds": seconds, "worker_rss": psutil.Process().memory_info().rss}
+    out.write_part(piece.index, scored, {**record, "seconds": dict(seconds)})
+    seconds["write"] = time.perf_counter() - t2
+    del table, scored
+    relieve_memory()
+    return {**record, "seconds": seconds}
 
 
 def _rgs(piece):
@@ -424,10 +428,13 @@ def _submit(client, pieces, task, spec, token):
     pending, alone_since = set(futures), None
     try:
         while pending:
-            done, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            try:
+                done, pending = wait(pending, timeout=5, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in 5s: look at the workers
+                done = ()
             for fut in done:
                 yield fut.result()
-            if client.scheduler_info(n_workers=-1)["workers"]:
+            if _has_workers(client):
                 alone_since = None
             elif alone_since is None:
                 alone_since = time.monotonic()
@@ -441,6 +448,13 @@ def _submit(client, pieces, task, spec, token):
         raise
 
 
+def _has_workers(client) -> bool:
+    try:
+        return bool(client.scheduler_info(n_workers=-1)["workers"])
+    except (TimeoutError, OSError):  # a busy or reconnecting scheduler: do not count it as empty
+        return True
+
+
 def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Report:
     rows_in = plan.header["input"]["rows"]
     missing = [p.index for p in plan.pieces if p.index not in records]
@@ -452,7 +466,7 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Rep
             stats[name].add(FieldStats(**s))
         for k, v in rec["seconds"].items():
             stages[k] += v
-    complete = not missing and (rows_out == rows_in or any(p.rows is None for p in plan.pieces))
+    complete = not quarantined and not missing and (rows_out == rows_in or any(p.rows is None for p in plan.pieces))
     if quarantined:
         out.write_json(QUARANTINE, [{"partition": q["index"], "input": q["input"], "error": q["error"]} for q in quarantined])
     if complete:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import io
-from .encode import check_field_type, check_fields, tokenize
+from .encoding import check_field_type, check_fields, tokenize
 from .kernels import cpu
 from .spec import Field
 

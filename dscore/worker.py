@@ -97,6 +97,29 @@ def runtime() -> Runtime:
     return _RUNTIME
 
 
+RELEASE_AT = 0.6  # of the worker's memory limit
+
+
+def relieve_memory() -> None:
+    """Near the worker's memory limit, hand Arrow's freed memory back to the system.
+
+    Arrow's allocator keeps freed memory for reuse, so a worker's footprint drifts
+    up to its largest partitions'. Releasing it after every partition costs about
+    10% throughput (measured), so it is done only above ``RELEASE_AT`` of the limit.
+    """
+    import psutil
+    import pyarrow as pa
+
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ValueError, AttributeError):
+        return
+    if limit and psutil.Process().memory_info().rss > RELEASE_AT * limit:
+        pa.default_memory_pool().release_unused()
+
+
 def _in_dask_worker() -> bool:
     try:
         from distributed import get_worker

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from dscore import Field
-from dscore.encode import _EMPTY_LOOKUP, _cell_rows, _sep, _spec
+from dscore.encoding import _EMPTY_LOOKUP, _cell_rows, _sep, _spec
 from dscore.kernels import cuda as kc
 from dscore.kernels.unicode import tables
 

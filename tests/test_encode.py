@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dscore import Field, Vocabulary, encode
-from dscore.encode import encode_table, tokenize
+from dscore.encoding import encode_table, tokenize
 
 from . import naive
 

@@ -6,6 +6,7 @@ the right score (``check_exactly_once``).
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from distributed.chaos import KillWorker
 
 import dscore
 from dscore.demo import make_table, package_names
@@ -157,32 +159,45 @@ def test_worker_killed_mid_job(demo, many, client, tmp_path):
     check_exactly_once(demo, job["output"], job["input"], many["rows"])
 
 
+class KillWorkerAfterStartup(KillWorker):
+    """KillWorker, armed a second after the worker starts.
+
+    KillWorker arms its timer while a restarted worker is still starting; a kill that
+    lands before the nanny has seen the worker up leaves that nanny without a worker
+    for good (distributed logs "Failed to restart worker"). Mode "segfault" because
+    after "sys.exit" the worker exits with status 0, which the nanny takes for a
+    deliberate close and does not restart.
+    """
+
+    async def setup(self, worker):
+        await asyncio.sleep(1.0)
+        await super().setup(worker)
+
+
 def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     """distributed.chaos.KillWorker kills workers over and over; the job still finishes exactly once."""
     import dask
     from distributed import Client, LocalCluster
-    from distributed.chaos import KillWorker
 
-    job = {**many["job"], "output": str(tmp_path / "out"), "partition_rows": 100}  # 96 partitions
+    apps = package_names(5000)
+    for i in range(72):  # long enough for several kills: 288 partitions of 100 rows
+        pq.write_table(make_table(400, seed=500 + i, first_id=400 * i, apps=apps), tmp_path / f"c{i:02d}.parquet", row_group_size=100)
+    job = {**many["job"], "input": str(tmp_path / "c*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 100}
     with dask.config.set({"distributed.scheduler.allowed-failures": 50}):
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as c:
+            c.register_plugin(KillWorkerAfterStartup(delay="1s", mode="segfault"), name="chaos")
             seen = set()
             thread, box = run_in_thread(job, c)
-            time.sleep(1.0)  # let the job's own worker plugin register first
-            # segfault: the nanny restarts the worker. (After KillWorker's "sys.exit" mode
-            # the worker exits with status 0 and the nanny takes it for a deliberate close.)
-            c.register_plugin(KillWorker(delay="2s", mode="segfault"), name="chaos")
             deadline = time.time() + 400
             while thread.is_alive() and time.time() < deadline:
-                seen |= set(c.run(os.getpid, on_error="ignore").values())
-                time.sleep(0.2)
-            c.unregister_worker_plugin("chaos")
-            thread.join(120)
+                seen |= set(c.scheduler_info(n_workers=-1)["workers"])  # a restarted worker has a new address
+                time.sleep(0.05)
+            thread.join(120)  # (the chaos plugin goes with the cluster)
     assert not thread.is_alive(), "the job did not finish while workers were being killed"
     assert "error" not in box, box.get("error")
     kills = len(seen) - 2
     assert kills >= 2, f"only {kills} worker kills observed; the test did not exercise worker loss"
-    check_exactly_once(demo, job["output"], job["input"], many["rows"])
+    check_exactly_once(demo, job["output"], job["input"], 72 * 400)
 
 
 def test_killed_dscore_process_then_resume(demo, many, tmp_path):

@@ -1,6 +1,6 @@
 """Numba CPU kernels: Arrow buffers in, padded int32 index matrices out.
 
-Everything here takes numpy arrays and scalars only (see ``dscore.encode`` for the
+Everything here takes numpy arrays and scalars only (see ``dscore.encoding`` for the
 wrappers that pull the arrays out of Arrow). Conventions shared by all kernels:
 
 * A string array arrives as ``offsets`` (int32 or int64, absolute positions in

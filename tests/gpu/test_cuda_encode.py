@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dscore import Field
-from dscore.encode import (
+from dscore.encoding import (
     _EMPTY_LOOKUP,
     _as_strings,
     _bits,
@@ -43,7 +43,7 @@ pytestmark = [
 def encode_cuda(col: pa.ChunkedArray, field: Field, vocab):
     """``encode_table`` for one field, through the CUDA kernels: ``(host array, counts)``.
 
-    The same steps as ``dscore.encode._encode_array``, chunk by chunk into slices
+    The same steps as ``dscore.encoding._encode_array``, chunk by chunk into slices
     of one device output.
     """
     from numba import cuda

@@ -1,0 +1,79 @@
+"""Bounded memory: out-of-core input, and no growth over hundreds of partitions.
+
+Slow (about a minute each) but part of CI. Figures are printed for the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import dscore
+from dscore.demo import make_table, package_names
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+# Per worker. An idle worker holds ~450 MiB (torch, numba, LLVM, the model); one that
+# has to compile a kernel needs ~250 MiB more for a moment; the rest is partitions.
+LIMIT = 1_200_000_000
+
+
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def wide_table(rows, seed, first_id, apps):
+    """Demo rows whose apps cell joins five rows' apps: ~4 KB a row decoded."""
+    t = make_table(rows, seed=seed, first_id=first_id, apps=apps)
+    col = t.column("apps").combine_chunks().fill_null("")
+    wide = pc.binary_join_element_wise(*(pa.concat_arrays([col[k:], col[:k]]) for k in range(5)), ",")
+    return t.set_column(t.schema.get_field_index("apps"), "apps", wide)
+
+
+def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
+    """Input that decodes to >= 4x the worker's memory limit; peak RSS stays under the limit."""
+    from distributed import Client, LocalCluster
+
+    apps = package_names(5000)
+    block = wide_table(25_000, 1, 0, apps)
+    files, decoded = 0, 0
+    while decoded < 4 * LIMIT:
+        ids = pa.array(np.arange(files * 25_000, (files + 1) * 25_000, dtype=np.int64))
+        pq.write_table(block.set_column(0, "user_id", ids), tmp_path / f"w{files:03d}.parquet", row_group_size=12_500)
+        files += 1
+        decoded += block.nbytes
+    rows = files * 25_000
+    job = {**demo["job"], "input": str(tmp_path / "w*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 12_500}
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0") as lc, Client(lc) as c:
+        pid = list(c.run(os.getpid).values())[0]
+        report = dscore.run(job, client=c, progress=False)
+        peak = list(c.run(_peak_rss).values())[0]
+        assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
+    print(f"\nout of core: {decoded / 2**30:.2f} GiB decoded input ({decoded / LIMIT:.1f}x the limit), {rows:,} rows, "
+          f"worker peak RSS {peak / 2**20:.0f} MiB of a {LIMIT / 2**20:.0f} MiB limit, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
+    assert report.status == "complete" and report.rows == rows
+    assert decoded >= 4 * LIMIT
+    assert peak < LIMIT
+
+
+def test_soak_rss_does_not_grow(demo, tmp_path):
+    """>= 300 partitions through one worker: RSS after partition 50 grows by < 10% by the end."""
+    apps = package_names(5000)
+    pq.write_table(make_table(30_000, seed=3, apps=apps), tmp_path / "soak.parquet", row_group_size=100)
+    job = {**demo["job"], "input": str(tmp_path / "soak.parquet"), "output": str(tmp_path / "out"),
+           "partition_rows": 100, "workers": 1, "threads_per_worker": 1}  # fmt: skip
+    report = dscore.run(job, progress=False)
+    assert report.partitions == 300 and report.status == "complete"
+    manifest = json.load(open(tmp_path / "out" / "_manifest.json"))
+    rss = [p["worker_rss"] for p in sorted(manifest["partitions"], key=lambda p: p["index"])]
+    after_50, end = rss[49], np.median(rss[-10:])
+    growth = (end - after_50) / after_50
+    print(f"\nsoak: 300 partitions, RSS after 50: {after_50 / 2**20:.1f} MiB, at the end {end / 2**20:.1f} MiB ({growth:+.2%})")
+    assert growth < 0.10
