@@ -17,7 +17,9 @@ writing cost.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import os
 import platform
 import shutil
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .demo import FIELDS
 
 
 @dataclass
@@ -81,13 +82,15 @@ def _peak_rss() -> int:
 
 
 def run_dscore(job: str, layout: Layout, **overrides) -> dict:
+    """``dscore.run`` on a fresh LocalCluster of ``layout``; rows/s over the job's wall time."""
     from . import pipeline
 
     cluster, client = _cluster(layout)
     try:
-        pipeline.register(client, layout.torch_threads)
         t = time.perf_counter()
-        report = pipeline.run(job, client=client, overwrite=True, progress=False, **overrides)
+        report = pipeline.run(
+            job, client=client, overwrite=True, progress=False, **{"model.threads": layout.torch_threads, **overrides}
+        )
         wall = time.perf_counter() - t
         peak = sum(client.run(_peak_rss).values())
     finally:
@@ -104,13 +107,14 @@ def _read_piece(piece, columns, storage_options):
 
 
 def run_read_only(job: str, layout: Layout) -> dict:
+    """Reading the needed columns of every partition, on the same layout."""
     from . import io
-    from .pipeline import TaskSpec
+    from .pipeline import TaskSpec, plan_pieces
     from .spec import JobSpec
 
     spec = JobSpec.load(job)
     fs, paths = io.expand(list(spec.input))
-    pieces = io.plan(fs, paths, spec.partition_rows)
+    pieces = plan_pieces(spec, fs, paths)
     columns = TaskSpec(spec.fields, spec.model, "", None, None, spec.id_columns).columns
     cluster, client = _cluster(layout)
     try:
@@ -123,10 +127,27 @@ def run_read_only(job: str, layout: Layout) -> dict:
     return {"rows_per_s": rows / wall}
 
 
-def _model_only(job: str, rows: int, batch_size: int, seconds: float, torch_threads: int) -> tuple[int, float]:
-    """In one process: encode ``rows`` rows once, then time forward passes alone."""
+# ---------------------------------------------------------------- model only, by mode and batch size
+def _variants(job: str) -> dict:
+    """The demo model as trained (TorchScript) and as eager code plus its state_dict."""
+    from .spec import JobSpec
+
+    spec = JobSpec.load(job)
+    workdir = os.path.dirname(job)
+    with open(os.path.join(workdir, "model.json")) as f:
+        kwargs = json.load(f)
+    eager = dataclasses.replace(
+        spec.model, path=os.path.join(workdir, "state.pt"), factory="dscore.demo:build_model", factory_kwargs=kwargs
+    )
+    return {"torchscript": spec.model, "eager": eager}
+
+
+def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_threads: int) -> list:
+    """For each ``(variant, mode, batch)``: rows/s of the forward pass alone on ``rows``
+    pre-encoded rows, and the max |diff| against plain TorchScript at batch 8192."""
     import pyarrow.parquet as pq
 
+    from . import optimize
     from .encoding import encode
     from .model import Model, set_threads
     from .spec import JobSpec
@@ -134,32 +155,82 @@ def _model_only(job: str, rows: int, batch_size: int, seconds: float, torch_thre
 
     set_threads(torch_threads)
     spec = JobSpec.load(job)
-    first = sorted(glob.glob(spec.input[0]))[0]
-    table = pq.read_table(first).slice(0, rows)
+    table = pq.read_table(sorted(glob.glob(spec.input[0]))[0]).slice(0, rows)
     arrays = encode(table, spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
-    model = Model.load(spec.model, spec.fields, device="cpu")
-    model.predict({k: v[:batch_size] for k, v in arrays.items()}, batch_size)  # warm up
-    done, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        model.predict(arrays, batch_size)
-        done += table.num_rows
-    return done, time.perf_counter() - t
+    variants = _variants(job)
+    reference = Model.load(variants["torchscript"], spec.fields, device="cpu").predict(arrays, 8192)
+    out = []
+    for variant, mode, batch in plan:
+        model = Model.load(variants[variant], spec.fields, device="cpu")
+        model.batch_size = batch
+        entry = {"variant": variant, "mode": mode, "batch": batch}
+        t = time.perf_counter()
+        if mode != "none":
+            runner, why = optimize.BUILDERS[mode](model)
+            if runner is None:
+                out.append({**entry, "error": why})
+                continue
+            model.use(runner, mode, pad=(mode == "compile"))
+        got = model.predict(arrays, batch)  # a compiled model compiles here
+        entry["setup_s"] = time.perf_counter() - t
+        entry["rows_per_s"] = optimize.rows_per_second(model, arrays, batch, seconds)
+        entry["max_diff"] = float(np.abs(got.astype(np.float64) - reference).max())
+        out.append(entry)
+    return out
 
 
-def run_model_only(job: str, layout: Layout, batch_size: int = 8192, seconds: float = 5.0) -> dict:
-    """Forward passes in every worker at once, each on its share of the threads."""
+def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0) -> list:
+    """``_modes_in_process`` in every worker thread at once; rows/s summed over them."""
     cluster, client = _cluster(layout)
     try:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
         futures = [
-            client.submit(_model_only, job, 65536, batch_size, seconds, layout.torch_threads, workers=[w], pure=False)
-            for w in client.scheduler_info(n_workers=-1)["workers"]
+            client.submit(_modes_in_process, job, plan, 16384, seconds, layout.torch_threads, workers=[w], pure=False)
+            for w in workers
             for _ in range(layout.threads)
         ]
-        results = client.gather(futures)
+        per_thread = client.gather(futures)
     finally:
         client.close()
         cluster.close()
-    return {"rows_per_s": sum(n / s for n, s in results)}
+    rows = []
+    for i, item in enumerate(per_thread[0]):
+        entry = dict(item)
+        if "rows_per_s" in entry:
+            entry["rows_per_s"] = sum(t[i]["rows_per_s"] for t in per_thread)
+            entry["max_diff"] = max(t[i]["max_diff"] for t in per_thread)
+        rows.append(entry)
+    return rows
+
+
+def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str = "none", seconds: float = 5.0) -> dict:
+    """The forward pass alone, on pre-encoded rows, in every worker at once."""
+    variant = "eager" if mode == "compile" else "torchscript"
+    return run_model_modes(job, layout, [(variant, mode, batch_size)], seconds)[0]
+
+
+def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192)) -> list:
+    plan = [("torchscript", "none", b) for b in batches]
+    plan += [("torchscript", "freeze", b) for b in batches]
+    plan += [("eager", "none", b) for b in compile_batches]
+    plan += [("eager", "compile", b) for b in compile_batches]
+    return plan
+
+
+def format_modes(rows: list) -> str:
+    base = next(
+        r["rows_per_s"] for r in rows if (r["variant"], r["mode"], r["batch"]) == ("torchscript", "none", 8192)
+    )
+    lines = [f"{'model':<12}{'mode':<8}{'batch':>7}{'rows/s':>11}{'vs TorchScript 8192':>21}{'max |diff|':>12}{'setup s':>9}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['variant']:<12}{r['mode']:<8}{r['batch']:>7}  n/a: {r['error']}")
+            continue
+        lines.append(
+            f"{r['variant']:<12}{r['mode']:<8}{r['batch']:>7}{r['rows_per_s']:>11,.0f}{r['rows_per_s'] / base:>20.2f}x"
+            f"{r['max_diff']:>12.1e}{r['setup_s']:>9.1f}"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- baselines
@@ -264,16 +335,26 @@ def run_single_process(job: str, batch_size: int = 8192, max_rows: int | None = 
     return {"rows_per_s": rows / (time.perf_counter() - t), "rows": rows}
 
 
-def end_to_end(workdir: str, rows: int, layout: Layout, batch_size: int = 8192, baselines=True) -> dict:
-    """The table of issue "end-to-end scoring": dscore, ceilings, baselines, ratios."""
+def end_to_end(workdir: str, rows: int, layout: Layout, baselines: bool = True, **overrides) -> dict:
+    """dscore end to end beside the ceilings and baselines, all from this run.
+
+    The model-only ceiling uses the batch size and mode dscore's workers chose (its
+    fastest exact execution); the baselines use the batch size that is fastest for
+    plain TorchScript.
+    """
     job = prepare(workdir, rows)
-    res = {"machine": machine(), "rows": rows, "layout": str(layout), "batch_size": batch_size}
-    res["dscore"] = run_dscore(job, layout, **{"model.batch_size": batch_size})
+    res = {"machine": machine(), "rows": rows, "layout": str(layout)}
+    res["dscore"] = run_dscore(job, layout, **overrides)
+    execution = res["dscore"]["report"].model["execution"][0]  # e.g. "batch 1024, freeze"
+    size, mode = execution.split(", ")
+    res["execution"] = execution
+    res["model_only"] = run_model_only(job, layout, int(size.split()[1]), mode)
     res["read_only"] = run_read_only(job, layout)
-    res["model_only"] = run_model_only(job, layout, batch_size)
     if baselines:
-        res["plain_dask"] = run_plain_dask(job, layout, batch_size)
-        res["single_process"] = run_single_process(job, batch_size)
+        plain = run_model_modes(job, layout, [("torchscript", "none", b) for b in (512, 1024, 2048, 4096, 8192)], 2.0)
+        res["baseline_batch"] = max(plain, key=lambda r: r["rows_per_s"])["batch"]
+        res["plain_dask"] = run_plain_dask(job, layout, res["baseline_batch"])
+        res["single_process"] = run_single_process(job, res["baseline_batch"])
     res["serial_ceiling"] = 1 / (1 / res["read_only"]["rows_per_s"] + 1 / res["model_only"]["rows_per_s"])
     return res
 
@@ -282,20 +363,22 @@ def format_end_to_end(res: dict) -> str:
     d = res["dscore"]["rows_per_s"]
     lines = [
         f"machine: {res['machine']}",
-        f"rows: {res['rows']:,}; layout (workers x threads x torch threads): {res['layout']}; batch {res['batch_size']}",
-        f"{'':<46}{'rows/s':>12}{'dscore / it':>13}",
-        f"{'dscore end to end':<46}{d:>12,.0f}",
+        f"rows: {res['rows']:,}; layout (workers x threads x torch threads): {res['layout']}; "
+        f"dscore's workers chose {res['execution']}",
+        f"{'':<54}{'rows/s':>11}{'dscore / it':>13}",
+        f"{'dscore end to end':<54}{d:>11,.0f}",
     ]
     rows = [
-        ("(a) model-only ceiling (forward pass alone)", res["model_only"]["rows_per_s"]),
+        (f"(a) model-only ceiling ({res['execution']})", res["model_only"]["rows_per_s"]),
         ("(b) read-only ceiling (parquet, needed columns)", res["read_only"]["rows_per_s"]),
         ("serial ceiling 1/(1/read + 1/model)", res["serial_ceiling"]),
     ]
     if "plain_dask" in res:
-        rows.append(("(c) plain Dask map_partitions + pandas", res["plain_dask"]["rows_per_s"]))
-        rows.append(("(d) single process pandas + torch", res["single_process"]["rows_per_s"]))
+        b = res["baseline_batch"]
+        rows.append((f"(c) plain Dask map_partitions + pandas (batch {b})", res["plain_dask"]["rows_per_s"]))
+        rows.append((f"(d) single process pandas + torch (batch {b})", res["single_process"]["rows_per_s"]))
     for name, v in rows:
-        lines.append(f"{name:<46}{v:>12,.0f}{d / v:>12.2f}x")
+        lines.append(f"{name:<54}{v:>11,.0f}{d / v:>12.2f}x")
     lines.append(f"dscore workers' peak RSS: {res['dscore']['peak_rss'] / 2**20:,.0f} MiB")
     stages = res["dscore"]["report"].stages
     total = sum(stages.values()) or 1
@@ -303,4 +386,29 @@ def format_end_to_end(res: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Layout", "end_to_end", "format_end_to_end", "machine", "prepare"]
+def sweep(workdir: str, rows: int, layouts, batches=(), **overrides) -> list:
+    """dscore end to end for each layout, then for each fixed batch size on the first layout."""
+    job = prepare(workdir, rows)
+    runs = [(layout, {}) for layout in layouts] + [(layouts[0], {"model.batch_size": b}) for b in batches]
+    out = []
+    for layout, extra in runs:
+        r = run_dscore(job, layout, **overrides, **extra)
+        out.append({
+            "layout": str(layout),
+            "batch": extra.get("model.batch_size", "auto"),
+            "rows_per_s": r["rows_per_s"],
+            "peak_rss": r["peak_rss"],
+            "execution": r["report"].model["execution"],
+        })  # fmt: skip
+    return out
+
+
+def format_sweep(rows: list) -> str:
+    best = max(rows, key=lambda r: r["rows_per_s"])
+    lines = [f"{'layout':<10}{'batch':>7}{'rows/s':>11}{'peak RSS MiB':>14}  workers chose"]
+    for r in rows:
+        lines.append(
+            f"{r['layout']:<10}{str(r['batch']):>7}{r['rows_per_s']:>11,.0f}{r['peak_rss'] / 2**20:>14,.0f}  "
+            f"{'; '.join(r['execution'])}{'  <- fastest' if r is best else ''}"
+        )
+    return "\n".join(lines)

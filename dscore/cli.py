@@ -2,7 +2,8 @@
 
 Exit statuses: 0 success; 1 error (the message names the file, key, field or
 column at fault); 2 bad command line; 3 the output is partial (partitions were
-quarantined; ``_SUCCESS`` was not written).
+quarantined; ``_SUCCESS`` was not written); 4 ``verify`` found a difference above
+its tolerance, or a missing or duplicated row.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
+EXIT_VERIFY = 4
 
 
 def _fail(e: BaseException) -> None:
@@ -120,6 +122,89 @@ def example(rows, workdir):
     report = run(job, overwrite=True)
     click.echo(report.format())
     click.echo(f"dscore example: done in {time.perf_counter() - t:.1f}s; report at {report.output}/_report.json")
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@_SCHED
+@_SET
+@click.option("--sample", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Rows to draw.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Largest acceptable |difference|.")
+@click.option("--against", type=click.Choice(["fp32"]), default=None, help="Compare the job's precision with fp32.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the table here.")
+def verify(job, scheduler, sets, n, seed, tolerance, against, json_path):
+    """Score a sample of JOB's rows on the cluster and by an eager reference; print the diff table.
+
+    Exit status 4 when the largest difference exceeds the tolerance or a row is missing
+    or duplicated (the table is also written to <output>-verify/verify.json).
+    """
+    from . import verify as v
+
+    try:
+        spec = _load(job, sets)
+        if scheduler:
+            spec = type(spec).load(spec, {"cluster": scheduler})
+        result = v.verify(spec, n=n, seed=seed, tolerance=tolerance, against=against)
+    except _errors() as e:
+        _fail(e)
+    click.echo(v.format_result(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    if not result["passed"]:
+        sys.exit(EXIT_VERIFY)
+
+
+def _layouts(text: str):
+    from .bench import Layout
+
+    try:
+        return [Layout(*(int(x) for x in item.split("x"))) for item in text.split(",") if item]
+    except TypeError:
+        raise click.BadParameter(f"{text!r}: expected WORKERSxTHREADSxTORCH_THREADS, e.g. 2x1x1,1x1x2") from None
+
+
+@main.command()
+@click.option("--rows", type=click.IntRange(min=10_000), default=1_000_000, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Where the demo data goes (default: a temp dir per row count; reused).")
+@click.option("--layout", default="", help="WORKERSxTHREADSxTORCH_THREADS of the main run (default: the LocalCluster default).")
+@click.option("--model-only", is_flag=True, help="Only the model: rows/s per execution mode and batch size.")
+@click.option("--sweep-layouts", default="2x1x1,1x2x1,1x1x2", show_default=True, help="Layouts to compare end to end ('' for none).")
+@click.option("--sweep-batches", default="1024,4096,8192", show_default=True, help="Fixed batch sizes to compare with auto ('' for none).")
+@click.option("--no-baselines", is_flag=True, help="Skip the plain-Dask and single-process baselines.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+def bench(rows, workdir, layout, model_only, sweep_layouts, sweep_batches, no_baselines, json_path):
+    """Benchmark dscore on the demo data against its ceilings and baselines."""
+    import tempfile
+
+    from . import bench as b
+    from .pipeline import DEFAULT_LAYOUT
+    from .worker import host_cores
+
+    workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{rows}")
+    main_layout = _layouts(layout)[0] if layout else b.Layout(DEFAULT_LAYOUT["workers"](host_cores()), DEFAULT_LAYOUT["threads_per_worker"], 1)
+    job = b.prepare(workdir, rows)
+    click.echo(f"machine: {b.machine()}")
+    out: dict = {"rows": rows, "machine": b.machine()}
+    if model_only:
+        out["modes"] = b.run_model_modes(job, main_layout, b.mode_plan())
+        click.echo(f"model only, layout {main_layout}, 16,384 pre-encoded rows per worker thread:")
+        click.echo(b.format_modes(out["modes"]))
+    else:
+        res = b.end_to_end(workdir, rows, main_layout, baselines=not no_baselines)
+        click.echo(b.format_end_to_end(res))
+        res["dscore"]["report"] = res["dscore"]["report"].to_dict()
+        out["end_to_end"] = res
+        layouts = _layouts(sweep_layouts)
+        batches = [int(x) for x in sweep_batches.split(",") if x]
+        if layouts or batches:
+            out["sweep"] = b.sweep(workdir, rows, layouts or [main_layout], batches)
+            click.echo("\nend to end by layout (workers x threads x torch threads) and batch size:")
+            click.echo(b.format_sweep(out["sweep"]))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=1, default=str)
 
 
 @main.command(name="report")

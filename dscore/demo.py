@@ -267,7 +267,7 @@ def job_dict(workdir: str, model_path: str) -> dict:
         "id_columns": ["user_id"],
         "vocab": os.path.join(workdir, "vocab"),
         "fields": [f.to_dict(compact=True) for f in FIELDS],
-        "model": {"path": model_path, "batch_size": 8192, "device": "auto"},
+        "model": {"path": model_path, "device": "auto"},
         "cluster": "local",
     }
 
@@ -277,6 +277,7 @@ def build_example(workdir: str, rows: int = 200_000, *, train_rows: int = 40_000
 
     Returns the job file's path.
     """
+    import json
     import os
     import time
 
@@ -301,6 +302,11 @@ def build_example(workdir: str, rows: int = 200_000, *, train_rows: int = 40_000
     model = build_model(vocab_sizes(vocab))
     loss = train(model, sample, vocab)
     model_path = export_torchscript(model, os.path.join(workdir, "model.pt"))
+    # The same weights as a state_dict, for model.factory: dscore.demo:build_model
+    # with model.json as factory_kwargs (eager execution, torch.compile).
+    torch.save(model.state_dict(), os.path.join(workdir, "state.pt"))
+    with open(os.path.join(workdir, "model.json"), "w") as f:
+        json.dump({"vocab_sizes": vocab_sizes(vocab)}, f)
     log(f"trained the reference model on {sample.num_rows:,} rows in {time.perf_counter() - t:.1f}s "
         f"(loss {loss:.3f}); TorchScript at {model_path}")  # fmt: skip
     job_path = os.path.join(workdir, "job.yaml")

@@ -104,7 +104,7 @@ def full_url(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _plan_file(fs, path: str, partition_rows: int):
+def _plan_file(fs, path: str, partition_rows: int, partition_bytes: int | None = None):
     info = fs.info(path)
     url, size, version = full_url(fs, path), int(info.get("size") or 0), _version(info)
     if _format(path) == "csv":
@@ -116,19 +116,24 @@ def _plan_file(fs, path: str, partition_rows: int):
         raise InputError(url, None, None, f"not a readable parquet file (footer): {type(e).__name__}: {e}") from e
     if meta.num_row_groups == 0:
         return [(url, "parquet", 0, 0, 0, size, version)]
-    out, start, rows = [], 0, 0
+    out, start, rows, nbytes = [], 0, 0, 0
     for rg in range(meta.num_row_groups):
-        n = meta.row_group(rg).num_rows
-        if rows and rows + n > partition_rows:
+        n, b = meta.row_group(rg).num_rows, meta.row_group(rg).total_byte_size
+        if rows and (rows + n > partition_rows or (partition_bytes and nbytes + b > partition_bytes)):
             out.append((url, "parquet", start, rg, rows, size, version))
-            start, rows = rg, 0
+            start, rows, nbytes = rg, 0, 0
         rows += n
+        nbytes += b
     out.append((url, "parquet", start, meta.num_row_groups, rows, size, version))
     return out
 
 
-def plan(fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None) -> list[Piece]:
-    """Pieces of at most ``partition_rows`` rows (but at least one row group) each.
+def plan(
+    fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None,
+    partition_bytes: int | None = None,
+) -> list[Piece]:  # fmt: skip
+    """Pieces of at most ``partition_rows`` rows and ``partition_bytes`` uncompressed
+    bytes (parquet metadata), but at least one row group, each.
 
     A file whose footer cannot be read raises ``InputError``, or, when ``bad`` is a
     list, is appended to it as ``(url, identity, error)`` and left out of the plan.
@@ -137,7 +142,7 @@ def plan(fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16,
 
     def one(path):
         try:
-            return _plan_file(fs, path, partition_rows)
+            return _plan_file(fs, path, partition_rows, partition_bytes)
         except InputError as e:
             if bad is None:
                 raise

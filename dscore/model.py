@@ -23,6 +23,8 @@ from .spec import ModelSpec
 log = logging.getLogger(__name__)
 
 PROBE_INDEX = 1  # the OOV index: valid for every embedding table, unlike arbitrary ids
+DEFAULT_BATCH = 8192
+PAD_ROWS = 64
 
 
 class ModelError(ValueError):
@@ -174,8 +176,17 @@ class Model:
         self.max_lens = {f.name: f.max_len for f in fields}
         self.spec = spec
         self.device = device
-        self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else 8192
+        # Until dscore.optimize.prepare tunes it on real rows ("auto").
+        self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else DEFAULT_BATCH
         self.output_names: list[str] | None = list(spec.outputs) if spec.outputs else None
+        self.runner = None  # an optimized module (see dscore.optimize), else the module itself
+        self.mode = "none"
+        self.pad = False  # pad the last micro-batch to batch_size (static shapes)
+        self.prepared = False
+
+    def use(self, runner, mode: str, pad: bool = False) -> None:
+        """Run ``runner`` (an optimized module, or None for the plain one) from now on."""
+        self.runner, self.mode, self.pad = runner, mode, pad
 
     @classmethod
     def load(cls, spec: ModelSpec, fields, *, device: str | None = None, storage_options=None, expect=None):
@@ -185,9 +196,10 @@ class Model:
         return model
 
     def _call(self, tensors):
+        module = self.runner if self.runner is not None else self.module
         if self.spec.call == "keyword":
-            return self.module(**dict(zip(self.field_names, tensors)))
-        return self.module(*tensors)
+            return module(**dict(zip(self.field_names, tensors)))
+        return module(*tensors)
 
     def probe(self, largest: dict | None = None) -> None:
         """Run one row of OOV tokens; fix the output columns or raise ``ModelError``.
@@ -232,12 +244,31 @@ class Model:
                 f"{len(self.output_names)}: {self.output_names}"
             )
 
-    def _forward(self, arrays: dict) -> np.ndarray:
+    def _autocast(self):
+        import contextlib
+
         import torch
 
-        tensors = [torch.from_numpy(arrays[n]).to(self.device, dtype=torch.int64) for n in self.field_names]
+        if self.spec.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.spec.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=str(self.device).split(":")[0], dtype=dtype)
+
+    def _tensor(self, a):
+        """A field's int32 matrix as a tensor without a copy: numpy, or a CUDA array
+        (``__cuda_array_interface__``, as GPU encoding produces)."""
+        import torch
+
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(a)
+        return torch.as_tensor(a, device=self.device)
+
+    def _forward_tensors(self, tensors):
+        """The model on int64 tensors (on ``self.device``): float32 scores (rows, k) there."""
+        import torch
+
         rows = tensors[0].shape[0]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             y = self._call(tensors)
         if not isinstance(y, torch.Tensor):
             raise ModelError(f"model {self.spec.path!r} returned {type(y).__name__}; expected one tensor")
@@ -247,18 +278,42 @@ class Model:
             raise ModelError(
                 f"model {self.spec.path!r} returned shape {tuple(y.shape)} for {rows} rows; expected ({rows},) or ({rows}, k)"
             )
-        return y.detach().to("cpu", torch.float32).numpy()
+        return y.float()
+
+    def _forward(self, arrays: dict) -> np.ndarray:
+        import torch
+
+        tensors = [self._tensor(arrays[n]).to(self.device, torch.int64) for n in self.field_names]
+        return self._forward_tensors(tensors).cpu().numpy()
 
     def predict(self, arrays: dict, batch_size: int | None = None) -> np.ndarray:
-        """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len)), float32 (rows, k)."""
-        rows = next(iter(arrays.values())).shape[0]
-        k = len(self.output_names or ["score"])
-        out = np.empty((rows, k), dtype=np.float32)
+        """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len), numpy or
+        CUDA), as float32 (rows, k) numpy. On a GPU, micro-batches are queued without a
+        synchronisation: the one copy of the scores to the host at the end waits for them."""
+        import torch
+
+        inputs = [self._tensor(arrays[n]) for n in self.field_names]
+        rows = inputs[0].shape[0]
         bs = batch_size or self.batch_size
+        out = None
         for start in range(0, rows, bs):
             stop = min(rows, start + bs)
-            out[start:stop] = self._forward({n: a[start:stop] for n, a in arrays.items()})
-        return out
+            n = stop - start
+            batch = [t[start:stop].to(self.device, torch.int64, non_blocking=True) for t in inputs]
+            # A compiled model has one static shape: pad to bs. Otherwise pad a short
+            # last batch to a multiple of PAD_ROWS: CPU GEMM kernels differ in the last
+            # ulp between a row block and its remainder, and with every batch a whole
+            # number of blocks a row's score does not depend on the batch size (tested).
+            size = bs if self.pad else -(-n // PAD_ROWS) * PAD_ROWS
+            if size > n:
+                batch = [torch.cat([b, b.new_full((size - n, b.shape[1]), PROBE_INDEX)]) for b in batch]
+            y = self._forward_tensors(batch)[:n]
+            if out is None:
+                out = torch.empty((rows, y.shape[1]), dtype=torch.float32, device=y.device)
+            out[start:stop] = y
+        if out is None:
+            return np.empty((0, len(self.output_names or ["score"])), dtype=np.float32)
+        return out.cpu().numpy()
 
 
 def set_threads(torch_threads: int, interop_threads: int = 1) -> None:

@@ -38,7 +38,7 @@ from .worker import DscorePlugin, relieve_memory, runtime, torch_threads_per_hos
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STAGES = ("read", "encode", "predict", "write")
+STAGES = ("read", "encode", "tune", "predict", "write")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class TaskSpec:
     vocab_fp: str | None
     id_columns: tuple
     storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
 
     @property
     def columns(self) -> list[str]:
@@ -62,22 +63,26 @@ class TaskSpec:
 
 # ---------------------------------------------------------------- per partition
 def score_table(table: pa.Table, task: TaskSpec, rt=None):
-    """Score one partition: ``(output table, {field: FieldStats}, {stage: seconds})``.
+    """Score one partition: ``(output table, {field: FieldStats}, {stage: seconds},
+    {batch_size, mode})``.
 
     The output holds ``task.id_columns`` then one float32 column per model output,
     one row per input row, in input order.
     """
     rt = rt or runtime()
-    vocab, model = rt.vocab(task), rt.model(task)
+    vocab = rt.vocab(task)
     t0 = time.perf_counter()
     arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers)
     t1 = time.perf_counter()
-    scores = model.predict(arrays)
+    model = rt.ready_model(task, arrays)
     t2 = time.perf_counter()
+    scores = model.predict(arrays)
+    t3 = time.perf_counter()
     cols = {c: table.column(c) for c in task.id_columns}
     for i, name in enumerate(model.output_names):
         cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
-    return pa.table(cols), stats, {"encode": t1 - t0, "predict": t2 - t1}
+    seconds = {"encode": t1 - t0, "predict": t3 - t2, "tune": t2 - t1}
+    return pa.table(cols), stats, seconds, {"batch_size": model.batch_size, "mode": model.mode}
 
 
 def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bool) -> dict:
@@ -95,7 +100,7 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             raise
         return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
     t1 = time.perf_counter()
-    scored, stats, seconds = score_table(table, task)
+    scored, stats, seconds, execution = score_table(table, task)
     if piece.rows is not None and scored.num_rows != piece.rows:
         raise RuntimeError(f"{piece.describe()}: read {scored.num_rows} rows, its metadata says {piece.rows}")
     t2 = time.perf_counter()
@@ -107,6 +112,7 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
         "rows": scored.num_rows,
         "input": piece.identity(),
         "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
+        "model": execution,
         # The worker's memory after each partition, so that a leak shows in the manifest.
         "worker_rss": psutil.Process().memory_info().rss,
     }
@@ -183,7 +189,7 @@ def plan_job(job: JobSpec) -> Plan:
     )
     _warm_kernels(fs, paths[0], task, vocab)
     bad: list | None = [] if job.on_bad_input == "quarantine" else None
-    pieces = io.plan(fs, paths, job.partition_rows, bad=bad)
+    pieces = plan_pieces(job, fs, paths, bad)
     header = {
         "format_version": FORMAT_VERSION,
         "model": {"path": job.model.path, "fingerprint": model_fp},
@@ -199,6 +205,14 @@ def plan_job(job: JobSpec) -> Plan:
     }
     unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in (bad or [])]
     return Plan(job, task, pieces, model.output_names, header, unreadable)
+
+
+def plan_pieces(job: JobSpec, fs, paths, bad=None) -> list:
+    """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
+    from dask.utils import parse_bytes
+
+    nbytes = parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
+    return io.plan(fs, paths, job.partition_rows, bad=bad, partition_bytes=nbytes)
 
 
 def largest_indices(fields, vocab) -> dict:
@@ -314,6 +328,8 @@ class Report:
             + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
             + f"; largest worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
         )
+        if self.model.get("execution"):
+            lines.append(f"  model: {'; '.join(self.model['execution'])}")
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
         for name, s in self.fields.items():
             lines.append(f"  {name:<16}{s['oov_rate']:>10.2%}{s['truncation_rate']:>11.2%}{s['mean_tokens']:>12.1f}")
@@ -391,8 +407,10 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
         with connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
                      memory_limit=spec.memory_limit) as c:  # fmt: skip
             register(c, spec.model.threads)
+            threads = sum(c.nthreads().values()) or 1
+            task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
             bar = Progress(len(plan.pieces), len(done), enabled=progress)
-            for rec in _submit(c, todo, plan.task, spec, token):
+            for rec in _submit(c, todo, task, spec, token):
                 if rec.get("quarantined"):
                     quarantined.append(rec)
                 else:
@@ -492,7 +510,13 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Rep
         rows_per_second=rows_scored / wall if wall > 0 else 0.0,
         stages=stages,
         fields={n: s.summary() for n, s in stats.items()},
-        model={"path": spec.model.path, "fingerprint": plan.task.model_fp, "outputs": plan.outputs},
+        model={
+            "path": spec.model.path,
+            "fingerprint": plan.task.model_fp,
+            "outputs": plan.outputs,
+            # what the workers chose (dscore.optimize): "batch 1024, freeze"
+            "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
+        },
         cluster=label,
         peak_worker_rss=max((r.get("worker_rss", 0) for r in this_run), default=0),
     )

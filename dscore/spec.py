@@ -188,6 +188,16 @@ def _int_or(*words):
     return check
 
 
+def _bytes(where, v):
+    from dask.utils import parse_bytes
+
+    try:
+        n = parse_bytes(v) if isinstance(v, str) else v
+    except ValueError:
+        n = None
+    return _check(where, v, "a byte count like 64MiB or 67108864", _is_int(n) and n > 0)
+
+
 def _memory(where, v):
     ok = v is None or (_is_int(v) and v > 0) or (isinstance(v, str) and v != "")
     return _check(where, v, "a byte count like 4GB or 4000000000, 'auto' or null", ok)
@@ -235,6 +245,10 @@ class ModelSpec:
     ``call`` is ``positional`` (one int64 tensor per field, in field order) or
     ``keyword`` (``model(**{field name: tensor})``). ``outputs`` names the score
     columns (default ``score``, or ``score_0..k-1`` for a (B, k) output).
+    ``batch_size: auto`` and ``optimize`` are tuned per worker (``dscore.optimize``);
+    an optimized mode is used only while it matches plain within ``tolerance``.
+    ``precision: bf16 | fp16`` runs the forward pass under autocast (bf16 on CPU
+    where torch supports it); ``dscore verify --against fp32`` shows what it costs.
     """
 
     path: str
@@ -244,8 +258,11 @@ class ModelSpec:
     factory_kwargs: dict = dataclasses.field(default_factory=dict)
     call: str = "positional"
     outputs: tuple | None = None
-    batch_size: int | str = 8192
+    batch_size: int | str = "auto"
     device: str = "auto"
+    optimize: str = "auto"
+    tolerance: float = 1e-6
+    precision: str = "fp32"
     threads: int | None = None
     trust_model: bool = False
 
@@ -260,6 +277,9 @@ class ModelSpec:
         "device": lambda w, v: _check(
             w, v, "auto, cpu, cuda or cuda:N", isinstance(v, str) and (v in ("auto", "cpu", "cuda") or _cuda_n(v))
         ),
+        "optimize": _one_of("none", "freeze", "compile", "auto"),
+        "tolerance": _pos_number,
+        "precision": _one_of("fp32", "bf16", "fp16"),
         "threads": _opt_pos_int,
         "trust_model": _bool,
     }
@@ -300,7 +320,8 @@ class JobSpec:
     workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str | int | None = "auto"
-    partition_rows: int = 262_144
+    partition_rows: int = 1_048_576
+    partition_bytes: int | str = "64MiB"
     on_bad_input: str = "fail"
     retries: int = 2
     source: str = "<dict>"
@@ -318,6 +339,7 @@ class JobSpec:
         "threads_per_worker": _opt_pos_int,
         "memory_limit": _memory,
         "partition_rows": _pos_int,
+        "partition_bytes": _bytes,
         "on_bad_input": _one_of("fail", "quarantine"),
         "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
     }

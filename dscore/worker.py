@@ -54,6 +54,19 @@ class Runtime:
                 log.info("loaded model %s (%s) on %s", task.model.path, task.model_fp, self.models[key].device)
             return self.models[key]
 
+    def ready_model(self, task, arrays):
+        """``model(task)``, its batch size and execution mode chosen on these real rows
+        the first time (``dscore.optimize.prepare``)."""
+        model = self.model(task)
+        if not model.prepared:
+            with self._lock:
+                if not model.prepared:
+                    from .optimize import prepare
+
+                    model.info = prepare(model, arrays, task.rows_hint)
+                    model.prepared = True
+        return model
+
     def vocab(self, task):
         from .vocab import Vocabulary
 

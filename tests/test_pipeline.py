@@ -54,7 +54,7 @@ def test_report_is_written_and_complete(demo, client, tmp_path):
     report = dscore.run(job, client=client, progress=False)
     saved = json.load(open(tmp_path / "out" / "_report.json"))
     assert saved["rows_scored"] == 6000 and saved["rows_per_second"] > 0
-    assert set(saved["stages"]) == {"read", "encode", "predict", "write"}
+    assert set(saved["stages"]) == {"read", "encode", "tune", "predict", "write"}
     assert all(v >= 0 for v in saved["stages"].values()) and saved["stages"]["predict"] > 0
     apps = saved["fields"]["apps"]
     assert 0 < apps["oov_rate"] < 0.2 and 30 < apps["mean_tokens"] < 50 and apps["rows"] == 6000

@@ -1,0 +1,139 @@
+"""Make a loaded model fast on this worker: micro-batch size and execution mode.
+
+Runs once per worker process, on the first partition's real rows:
+
+* **batch size** (``model.batch_size: auto``): time each candidate size and keep the
+  fastest. On CPU the best size is often far below what fits in memory: the
+  ``(batch, max_len, dim)`` embedding intermediate should stay in cache.
+* **execution mode** (``model.optimize``): ``freeze`` runs a TorchScript model
+  through ``torch.jit.freeze`` and ``optimize_for_inference``; ``compile`` runs an
+  eager or ``torch.export`` model through ``torch.compile`` (CUDA graphs on GPU),
+  with static shapes, the last micro-batch padded so nothing recompiles; ``auto``
+  freezes TorchScript when that is faster, and compiles only when the worker's
+  share of the job is long enough to repay the compilation.
+
+Every optimized mode is guarded: before use, one batch of real rows goes through
+the plain and the optimized model, and a max absolute difference above
+``model.tolerance`` falls back to plain with one log line. Scores do not depend on
+the batch size (micro-batches are independent rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_BATCHES = (256, 1024, 4096, 16384)
+TUNE_ROWS = 8192  # rows of the first partition used to time candidates
+TUNE_SECONDS = 0.03  # at least, per candidate: tuning must cost a job next to nothing
+# A first torch.compile of the demo model took 12.8 s on one core here (later ones
+# hit inductor's disk cache: ~1 s). A worker compiles only when its plain inference
+# time would be several times this, so short jobs never pay for it.
+COMPILE_SECONDS = 15.0
+COMPILE_PAYBACK = 5.0
+
+
+def rows_per_second(model, arrays: dict, batch_size: int, min_seconds: float = TUNE_SECONDS) -> float:
+    """Throughput of ``model.predict`` on ``arrays`` at ``batch_size`` (after one warm-up batch)."""
+    rows = next(iter(arrays.values())).shape[0]
+    model.predict({n: a[: min(rows, batch_size)] for n, a in arrays.items()}, batch_size)
+    done, start = 0, time.perf_counter()
+    while True:
+        model.predict(arrays, batch_size)
+        done += rows
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def autotune_batch(model, arrays: dict) -> tuple[int, dict]:
+    """The fastest candidate micro-batch size on (up to ``TUNE_ROWS``) real rows."""
+    rows = next(iter(arrays.values())).shape[0]
+    sample = {n: a[:TUNE_ROWS] for n, a in arrays.items()}
+    n = min(rows, TUNE_ROWS)
+    candidates = [b for b in CANDIDATE_BATCHES if b <= n] or [n]
+    rates = {b: rows_per_second(model, sample, b) for b in candidates}
+    return max(rates, key=rates.get), rates
+
+
+def _freeze(model):
+    import torch
+
+    if not isinstance(model.module, torch.jit.ScriptModule):
+        return None, "freeze needs a TorchScript model"
+    return torch.jit.optimize_for_inference(torch.jit.freeze(model.module)), None
+
+
+def _compile(model):
+    import torch
+
+    if isinstance(model.module, torch.jit.ScriptModule):
+        return None, "compile needs an eager or torch.export model (TorchScript can be frozen)"
+    mode = "reduce-overhead" if str(model.device).startswith("cuda") else None  # CUDA graphs
+    return torch.compile(model.module, dynamic=False, mode=mode), None
+
+
+BUILDERS = {"freeze": _freeze, "compile": _compile}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+def try_mode(model, mode: str, arrays: dict) -> tuple[bool, str]:
+    """Switch ``model`` to ``mode`` if it builds and matches plain within tolerance."""
+    runner, why = BUILDERS[mode](model)
+    if runner is None:
+        return False, why
+    probe = {n: a[: model.batch_size] for n, a in arrays.items()}
+    plain = model.predict(probe)
+    model.use(runner, mode, pad=(mode == "compile"))
+    try:
+        fast = model.predict(probe)  # for compile: compiles now, at the final batch size
+    except Exception as e:  # noqa: BLE001 - any failure means: stay plain
+        model.use(None, "none")
+        return False, f"{mode} failed: {type(e).__name__}: {e}"
+    diff = _max_diff(plain, fast)
+    if diff > model.spec.tolerance:
+        model.use(None, "none")
+        return False, f"{mode} changes scores by up to {diff:.2e} > tolerance {model.spec.tolerance:.0e}"
+    return True, f"max diff {diff:.1e}"
+
+
+def prepare(model, arrays: dict, rows_hint: int | None = None) -> dict:
+    """Choose the batch size and execution mode of ``model`` on real rows; return what was chosen."""
+    info: dict = {}
+    if model.spec.batch_size == "auto":
+        model.batch_size, rates = autotune_batch(model, arrays)
+        info["batch_rates"] = {str(k): round(v) for k, v in rates.items()}
+    plain_rate = rows_per_second(model, {n: a[:TUNE_ROWS] for n, a in arrays.items()}, model.batch_size)
+    wanted = model.spec.optimize
+    if wanted == "auto":
+        wanted = _auto_mode(model, plain_rate, rows_hint)
+    if wanted in BUILDERS:
+        ok, why = try_mode(model, wanted, arrays)
+        if ok and model.spec.optimize == "auto":  # auto keeps a mode only if it is faster here
+            rate = rows_per_second(model, {n: a[:TUNE_ROWS] for n, a in arrays.items()}, model.batch_size)
+            if rate <= plain_rate:
+                model.use(None, "none")
+                ok, why = False, f"{wanted} was not faster ({rate:,.0f} vs {plain_rate:,.0f} rows/s)"
+        level = logging.INFO if ok or model.spec.optimize == "auto" else logging.WARNING
+        log.log(level, "model.optimize %s: %s%s", wanted, "using it; " if ok else "plain instead: ", why)
+        info["optimize_note"] = why
+    info.update(batch_size=model.batch_size, mode=model.mode, plain_rows_per_s=round(plain_rate))
+    log.info("model %s: batch %d, mode %s (%s rows/s plain)", model.spec.path, model.batch_size, model.mode, f"{plain_rate:,.0f}")
+    return info
+
+
+def _auto_mode(model, plain_rate: float, rows_hint: int | None) -> str:
+    import torch
+
+    if isinstance(model.module, torch.jit.ScriptModule):
+        return "freeze"
+    if rows_hint and rows_hint / plain_rate > COMPILE_PAYBACK * COMPILE_SECONDS:
+        return "compile"
+    return "none"

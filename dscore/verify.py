@@ -1,0 +1,276 @@
+"""``dscore verify``: prove the production path against an independent eager reference.
+
+A reproducible sample of input rows is scored twice:
+
+* through the real pipeline on the cluster (``dscore.run`` on the sample, with the
+  job's own settings: batch autotuning, execution mode, precision, workers);
+* in this process by plain Python: every token normalized with ``str.strip`` and
+  ``str.lower`` and looked up in a dict built from the mapping tables (hashing mode:
+  the pure-Python XXH64 below), then the model, loaded plainly, called on those
+  tensors.
+
+The element-wise |difference| table (count, mean, std, p25, p50, p75, p99, max,
+with rows missing and duplicated) is what the ads case published for its port,
+as one command. The reference shares no code with the kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import io
+from .spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+PAD, OOV, FIRST = 0, 1, 2
+ROW_ID = "__dscore_row"  # identifies sample rows when the job has no id columns
+
+# ---------------------------------------------------------------- the reference
+_M = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (
+    11400714785074694791,
+    14029467366897019727,
+    1609587929392839161,
+    9650029242287828579,
+    2870177450012600261,
+)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, lane):
+    return (_rotl((acc + lane * _P2) & _M, 31) * _P1) & _M
+
+
+def xxh64(data: bytes) -> int:
+    """XXH64, seed 0, straight from the specification (slow; the reference only)."""
+    n, p = len(data), 0
+
+    def word(i, k):
+        return int.from_bytes(data[i : i + k], "little")
+
+    if n >= 32:
+        v = [(_P1 + _P2) & _M, _P2, 0, (-_P1) & _M]
+        while p + 32 <= n:
+            v = [_round(v[i], word(p + 8 * i, 8)) for i in range(4)]
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for x in v:
+            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M
+    else:
+        h = _P5
+    h = (h + n) & _M
+    while p + 8 <= n:
+        h = (_rotl(h ^ _round(0, word(p, 8)), 27) * _P1 + _P4) & _M
+        p += 8
+    if p + 4 <= n:
+        h = (_rotl(h ^ ((word(p, 4) * _P1) & _M), 23) * _P2 + _P3) & _M
+        p += 4
+    while p < n:
+        h = (_rotl(h ^ ((data[p] * _P5) & _M), 11) * _P1) & _M
+        p += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M
+    h ^= h >> 29
+    h = (h * _P3) & _M
+    return h ^ (h >> 32)
+
+
+def reference_keys(value, field) -> list[str]:
+    """The normalized, non-empty tokens of one cell (a Python value), in order."""
+    if value is None:
+        return []
+    if field.kind == "list":
+        raw = [str(x) for x in value if x is not None]
+    elif field.kind == "delimited":
+        raw = str(value).split(field.sep)
+    else:
+        raw = [str(value)]
+    out = []
+    for tok in raw:
+        if field.strip:
+            tok = tok.strip()
+        if field.lower:
+            tok = tok.lower()
+        if tok:
+            out.append(tok)
+    return out
+
+
+def reference_encode(values, field, mapping=None):
+    """``(int32 (rows, max_len), [tokens, kept, oov, truncated])`` for Python cell values."""
+    out = np.zeros((len(values), field.max_len), dtype=np.int32)
+    counts = [0, 0, 0, 0]
+    for i, v in enumerate(values):
+        keys = reference_keys(v, field)
+        kept = keys[: field.max_len] if field.truncate == "head" else keys[-field.max_len :]
+        if field.buckets is not None:
+            row = [FIRST + xxh64(k.encode("utf-8")) % field.buckets for k in kept]
+        else:
+            row = [mapping.get(k, OOV) for k in kept]
+        if field.pad == "left":
+            out[i, field.max_len - len(row) :] = row
+        else:
+            out[i, : len(row)] = row
+        counts[0] += len(keys)
+        counts[1] += len(row)
+        counts[2] += sum(1 for r in row if r == OOV)
+        counts[3] += len(keys) > field.max_len
+    return out, counts
+
+
+# ---------------------------------------------------------------- sampling
+def sample(job: JobSpec, n: int, seed: int = 0) -> pa.Table:
+    """``n`` input rows drawn uniformly without replacement (reproducible by ``seed``),
+    with the columns the job reads and a ``__dscore_row`` column naming each."""
+    from .pipeline import TaskSpec, plan_pieces
+
+    fs, paths = io.expand(list(job.input), job.storage_options)
+    pieces = plan_pieces(job, fs, paths)
+    if any(p.rows is None for p in pieces):  # CSV: the row count needs a read
+        pieces = [dataclasses.replace(p, rows=io.read_piece(fs, p, []).num_rows) for p in pieces]
+    total = sum(p.rows for p in pieces)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    columns = TaskSpec(job.fields, job.model, "", None, None, job.id_columns).columns
+    parts, start = [], 0
+    for p in pieces:
+        local = chosen[(chosen >= start) & (chosen < start + p.rows)] - start
+        if len(local):
+            t = io.read_piece(fs, p, columns).take(pa.array(local))
+            parts.append(t.append_column(ROW_ID, pa.array(local + start, pa.int64())))
+        start += p.rows
+    return pa.concat_tables(parts)
+
+
+# ---------------------------------------------------------------- diff table
+def diff_table(diff: np.ndarray, missing: int = 0, duplicated: int = 0) -> dict:
+    """count, mean, std, p25, p50, p75, p99, max of |diff| (every element), and row checks."""
+    d = np.abs(np.asarray(diff, dtype=np.float64)).ravel()
+    if not d.size:
+        d = np.zeros(1)
+    q = np.percentile(d, [25, 50, 75, 99])
+    return {
+        "count": int(np.asarray(diff).size),
+        "mean": float(d.mean()),
+        "std": float(d.std()),
+        "p25": float(q[0]),
+        "p50": float(q[1]),
+        "p75": float(q[2]),
+        "p99": float(q[3]),
+        "max": float(d.max()),
+        "rows_missing": int(missing),
+        "rows_duplicated": int(duplicated),
+    }
+
+
+def format_table(table: dict, title: str) -> str:
+    keys = ("count", "mean", "std", "p25", "p50", "p75", "p99", "max")
+    lines = [title, "  " + "".join(f"{k:>11}" for k in keys)]
+    lines.append("  " + f"{table['count']:>11,}" + "".join(f"{table[k]:>11.2e}" for k in keys[1:]))
+    lines.append(f"  rows missing: {table['rows_missing']}, rows duplicated: {table['rows_duplicated']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- verify
+def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None) -> np.ndarray:
+    """Plain-Python encoding of ``table`` and the plainly loaded model on CPU: (rows, k)."""
+    import torch
+
+    from .model import Model
+    from .vocab import Vocabulary
+
+    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=job.storage_options) if job.vocab else None
+    arrays = {}
+    for f in job.fields:
+        mapping = None
+        if f.buckets is None:
+            t = vocab[f.name]
+            mapping = dict(zip(t.column("token").to_pylist(), t.column("index").to_pylist()))
+        arrays[f.name] = reference_encode(table.column(f.column).to_pylist(), f, mapping)[0]
+    spec = dataclasses.replace(job.model, precision=precision or job.model.precision)
+    model = Model.load(spec, job.fields, device="cpu", storage_options=job.storage_options)
+    model.batch_size = 1024
+    with torch.inference_mode():
+        return model.predict(arrays)
+
+
+def verify(job, *, n: int = 100_000, seed: int = 0, tolerance: float = 1e-5, against: str | None = None, client=None, **overrides) -> dict:
+    """Run the check; return ``{"table": ..., "passed": bool, ...}`` (see the module docstring).
+
+    ``against="fp32"`` compares the job's precision with fp32 instead: the pipeline's
+    scores against the fp32 reference, so that the table shows what bf16/fp16 cost.
+    """
+    from .output import Output
+    from .pipeline import run
+
+    spec = JobSpec.load(job, overrides)
+    table = sample(spec, n, seed)
+    base = spec.output.rstrip("/") + "-verify"
+    out = Output(base, spec.storage_options)
+    out.fs.makedirs(out.root, exist_ok=True)
+    with out.fs.open(out.path("sample.parquet"), "wb") as f:
+        pq.write_table(table, f)
+    ids = [*spec.id_columns, ROW_ID]
+    run_job = dataclasses.replace(
+        spec, input=(out.fs.unstrip_protocol(out.path("sample.parquet")),), output=f"{base}/scores", id_columns=tuple(ids)
+    )
+    report = run(run_job, client=client, overwrite=True, progress=False)
+    scored = _read_scores(out)
+    got_ids = scored.column(ROW_ID).to_numpy()
+    want_ids = table.column(ROW_ID).to_numpy()
+    uniq, counts = np.unique(got_ids, return_counts=True)
+    duplicated = int((counts > 1).sum())
+    missing = int(len(np.setdiff1d(want_ids, uniq)))
+    names = report.model["outputs"]
+    position = {int(r): i for i, r in enumerate(want_ids)}
+    order = np.array([position[int(r)] for r in got_ids])
+    precision = "fp32" if against == "fp32" else None
+    expected = reference_scores(spec, table, precision)[order]
+    got = np.stack([scored.column(c).to_numpy() for c in names], axis=1)
+    stats = diff_table(got - expected, missing, duplicated)
+    passed = stats["max"] <= tolerance and not missing and not duplicated
+    result = {
+        "job": spec.source,
+        "sample": {"rows": int(table.num_rows), "seed": seed},
+        "against": "fp32 reference" if against == "fp32" else f"eager reference ({spec.model.precision})",
+        "precision": spec.model.precision,
+        "execution": report.model["execution"],
+        "tolerance": tolerance,
+        "table": stats,
+        "passed": passed,
+    }
+    out.write_json("verify.json", result)
+    return result
+
+
+def _read_scores(out) -> pa.Table:
+    fs = out.fs
+    files = sorted(p for p in fs.ls(out.path("scores"), detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+    tables = []
+    for p in files:
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables)
+
+
+def format_result(result: dict) -> str:
+    title = (
+        f"dscore verify: {result['sample']['rows']:,} sampled rows (seed {result['sample']['seed']}), pipeline "
+        f"({'; '.join(result['execution'])}, {result['precision']}) against the {result['against']}"
+    )
+    verdict = "PASS" if result["passed"] else "FAIL"
+    return (
+        format_table(result["table"], title)
+        + f"\n  {verdict}: max |diff| {result['table']['max']:.2e} {'<=' if result['passed'] else '>'} tolerance {result['tolerance']:.0e}"
+    )
+
+
+__all__ = ["diff_table", "format_result", "reference_encode", "reference_keys", "sample", "verify", "xxh64"]

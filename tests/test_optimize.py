@@ -1,0 +1,106 @@
+"""Per-worker model speed-ups: batch autotuning and guarded execution modes."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dscore import ModelSpec, encode
+from dscore import optimize as opt
+from dscore.demo import FIELDS
+from dscore.model import Model
+
+
+@pytest.fixture(scope="module")
+def arrays(demo):
+    table = pq.read_table(demo["root"] / "part-1.parquet")
+    return encode(table, FIELDS, demo["vocab"])
+
+
+def load(demo, **options):
+    return Model.load(ModelSpec(str(demo["root"] / "model.pt"), **options), FIELDS)
+
+
+def test_scores_do_not_depend_on_the_batch_size(demo, arrays):
+    """Bit for bit, for every autotuning candidate, with 2000 rows (a partial last batch)."""
+    model = load(demo)
+    outs = [model.predict(arrays, bs) for bs in (64, *opt.CANDIDATE_BATCHES)]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    odd = model.predict(arrays, 777)  # not a multiple of 64 rows: the last ulp may differ
+    assert np.abs(odd - outs[0]).max() <= 1e-6
+
+
+def test_autotune_picks_a_measured_candidate(demo, arrays, caplog):
+    model = load(demo, batch_size="auto")
+    with caplog.at_level(logging.INFO, logger="dscore.optimize"):
+        info = opt.prepare(model, arrays)
+    rates = {int(k): v for k, v in info["batch_rates"].items()}
+    assert set(rates) == {b for b in opt.CANDIDATE_BATCHES if b <= 2000}
+    assert model.batch_size == max(rates, key=rates.get) == info["batch_size"]
+    assert any("batch" in r.message and "rows/s plain" in r.message for r in caplog.records)
+
+
+def test_fixed_batch_size_turns_autotuning_off(demo, arrays):
+    model = load(demo, batch_size=300, optimize="none")
+    info = opt.prepare(model, arrays)
+    assert model.batch_size == 300 and "batch_rates" not in info and model.mode == "none"
+
+
+def test_freeze_is_exact(demo, arrays):
+    model = load(demo, batch_size=512, optimize="freeze")
+    plain = model.predict(arrays)
+    opt.prepare(model, arrays)
+    assert model.mode == "freeze"
+    assert np.abs(model.predict(arrays) - plain).max() <= 1e-6
+
+
+def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch, caplog):
+    class Off(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *x):
+            return self.inner(*x) + 1e-3
+
+    monkeypatch.setitem(opt.BUILDERS, "freeze", lambda m: (Off(m.module), None))
+    model = load(demo, batch_size=512, optimize="freeze")
+    with caplog.at_level(logging.WARNING, logger="dscore.optimize"):
+        opt.prepare(model, arrays)
+    assert model.mode == "none"
+    assert any("changes scores by up to 1.00e-03 > tolerance 1e-06" in r.message for r in caplog.records)
+
+
+def test_compile_needs_an_eager_model(demo, arrays, caplog):
+    model = load(demo, batch_size=512, optimize="compile")
+    with caplog.at_level(logging.WARNING, logger="dscore.optimize"):
+        opt.prepare(model, arrays)
+    assert model.mode == "none"
+    assert any("compile needs an eager or torch.export model" in r.message for r in caplog.records)
+
+
+def test_auto_compiles_only_long_jobs(demo, arrays):
+    spec = ModelSpec(str(demo["root"] / "state.pt"), factory="dscore.demo:build_model", batch_size=512,
+                     factory_kwargs={"vocab_sizes": demo["sizes"], "dim": 8, "hidden": [16]})  # fmt: skip
+    model = Model.load(spec, FIELDS)
+    assert opt._auto_mode(model, plain_rate=100_000, rows_hint=1_000_000) == "none"  # 10 s of work
+    assert opt._auto_mode(model, plain_rate=100_000, rows_hint=100_000_000) == "compile"
+    assert opt._auto_mode(load(demo), plain_rate=100_000, rows_hint=None) == "freeze"
+
+
+@pytest.mark.slow
+def test_compile_pads_the_last_batch_and_is_exact(demo, arrays):
+    """torch.compile (inductor) of the eager model: static shapes, padded last batch."""
+    spec = ModelSpec(str(demo["root"] / "state.pt"), factory="dscore.demo:build_model", batch_size=512,
+                     optimize="compile", factory_kwargs={"vocab_sizes": demo["sizes"], "dim": 8, "hidden": [16]})  # fmt: skip
+    model = Model.load(spec, FIELDS)
+    plain = model.predict(arrays)
+    opt.prepare(model, arrays)
+    assert model.mode == "compile" and model.pad
+    got = model.predict(arrays)  # 2000 rows: three full batches and one padded
+    assert np.abs(got - plain).max() <= 1e-6
