@@ -3,10 +3,11 @@
 # print the scheduler address for `dscore score --scheduler ADDRESS`.
 set -euo pipefail
 
-# ---- Defaults: one worker process per core, 1 Dask thread, 1 torch thread each.
-# Re-tune these from measurements (docs/scaling.md); everything below reads them.
-DEFAULT_WORKERS=auto      # auto = number of cores
-DEFAULT_THREADS=1         # Dask threads per worker process
+# ---- Defaults: one worker process per 4 cores, a Dask thread per core, 1 torch thread
+# each; the same rule as dscore's LocalCluster (dscore/pipeline.py DEFAULT_LAYOUT),
+# chosen by measurement (docs/benchmarks.md, "worker layout"). Everything below reads them.
+DEFAULT_WORKERS=auto      # auto = max(1, cores / 4)
+DEFAULT_THREADS=auto      # auto = cores / workers: Dask threads per worker process
 DEFAULT_TORCH_THREADS=1   # torch/OpenMP/MKL/Numba threads per Dask thread
 DEFAULT_MEMORY_LIMIT=auto # per worker process; auto = machine memory x threads / cores
 DEFAULT_HOST=127.0.0.1
@@ -35,7 +36,7 @@ line of stdout (everything else goes to stderr):
     cluster/local.sh stop RUNDIR        # RUNDIR is printed on stderr
 
 Options:
-  --workers N          worker processes (default: $DEFAULT_WORKERS = one per core)
+  --workers N          worker processes (default: $DEFAULT_WORKERS = one per 4 cores)
   --threads T          Dask threads per worker (default: $DEFAULT_THREADS)
   --torch-threads K    torch threads per Dask thread, exported to workers as
                        DSCORE_TORCH_THREADS and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS
@@ -96,7 +97,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-[[ $workers == auto ]] && workers=$(ncores)
+[[ $workers == auto ]] && workers=$(( $(ncores) / 4 > 0 ? $(ncores) / 4 : 1 ))
+[[ $threads == auto ]] && threads=$(( $(ncores) / workers > 0 ? $(ncores) / workers : 1 ))
 require_int --workers "$workers" 1
 require_int --threads "$threads" 1
 require_int --torch-threads "$torch_threads" 1

@@ -179,13 +179,20 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     return out
 
 
+MODEL_ONLY_ROWS = 131_072  # per worker thread: enough distinct tokens that embeddings are as cold as in a job
+
+
 def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0) -> list:
-    """``_modes_in_process`` in every worker thread at once; rows/s summed over them."""
+    """``_modes_in_process`` in every worker thread at once; rows/s summed over them.
+
+    Each thread runs over ``MODEL_ONLY_ROWS`` rows: a few thousand rows repeated
+    would keep their embedding rows in cache and flatter the ceiling.
+    """
     cluster, client = _cluster(layout)
     try:
         workers = list(client.scheduler_info(n_workers=-1)["workers"])
         futures = [
-            client.submit(_modes_in_process, job, plan, 16384, seconds, layout.torch_threads, workers=[w], pure=False)
+            client.submit(_modes_in_process, job, plan, MODEL_ONLY_ROWS, seconds, layout.torch_threads, workers=[w], pure=False)
             for w in workers
             for _ in range(layout.threads)
         ]

@@ -183,13 +183,15 @@ def bench(rows, workdir, layout, model_only, sweep_layouts, sweep_batches, no_ba
     from .worker import host_cores
 
     workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{rows}")
-    main_layout = _layouts(layout)[0] if layout else b.Layout(DEFAULT_LAYOUT["workers"](host_cores()), DEFAULT_LAYOUT["threads_per_worker"], 1)
+    cores = host_cores()
+    default = b.Layout(DEFAULT_LAYOUT["workers"](cores), DEFAULT_LAYOUT["threads_per_worker"](cores), 1)
+    main_layout = _layouts(layout)[0] if layout else default
     job = b.prepare(workdir, rows)
-    click.echo(f"machine: {b.machine()}")
     out: dict = {"rows": rows, "machine": b.machine()}
     if model_only:
+        click.echo(f"machine: {out['machine']}")
         out["modes"] = b.run_model_modes(job, main_layout, b.mode_plan())
-        click.echo(f"model only, layout {main_layout}, 16,384 pre-encoded rows per worker thread:")
+        click.echo(f"model only, layout {main_layout}, {b.MODEL_ONLY_ROWS:,} pre-encoded rows per worker thread:")
         click.echo(b.format_modes(out["modes"]))
     else:
         res = b.end_to_end(workdir, rows, main_layout, baselines=not no_baselines)

@@ -107,17 +107,20 @@ def try_mode(model, mode: str, arrays: dict) -> tuple[bool, str]:
 def prepare(model, arrays: dict, rows_hint: int | None = None) -> dict:
     """Choose the batch size and execution mode of ``model`` on real rows; return what was chosen."""
     info: dict = {}
+    sample = {n: a[:TUNE_ROWS] for n, a in arrays.items()}
     if model.spec.batch_size == "auto":
         model.batch_size, rates = autotune_batch(model, arrays)
         info["batch_rates"] = {str(k): round(v) for k, v in rates.items()}
-    plain_rate = rows_per_second(model, {n: a[:TUNE_ROWS] for n, a in arrays.items()}, model.batch_size)
+        plain_rate = rates[model.batch_size]
+    else:
+        plain_rate = rows_per_second(model, sample, model.batch_size)
     wanted = model.spec.optimize
     if wanted == "auto":
         wanted = _auto_mode(model, plain_rate, rows_hint)
     if wanted in BUILDERS:
         ok, why = try_mode(model, wanted, arrays)
         if ok and model.spec.optimize == "auto":  # auto keeps a mode only if it is faster here
-            rate = rows_per_second(model, {n: a[:TUNE_ROWS] for n, a in arrays.items()}, model.batch_size)
+            rate = rows_per_second(model, sample, model.batch_size)
             if rate <= plain_rate:
                 model.use(None, "none")
                 ok, why = False, f"{wanted} was not faster ({rate:,.0f} vs {plain_rate:,.0f} rows/s)"

@@ -257,7 +257,7 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         from .worker import host_cores
 
         n = workers or DEFAULT_LAYOUT["workers"](host_cores())
-        t = threads_per_worker or DEFAULT_LAYOUT["threads_per_worker"]
+        t = threads_per_worker or (DEFAULT_LAYOUT["threads_per_worker"](host_cores()) if not workers else 1)
         with LocalCluster(
             n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0"
         ) as lc, Client(lc) as c:
@@ -270,8 +270,14 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         raise SpecError(f"cluster: expected 'local' or a scheduler address like tcp://host:8786, got {cluster!r}")
 
 
-# Chosen by measurement on a 2-core machine (docs/benchmarks.md, "worker layout").
-DEFAULT_LAYOUT = {"workers": lambda cores: cores, "threads_per_worker": 1}
+# One process per 4 cores, a Dask thread per core, one torch thread each. Measured on
+# 2 cores (docs/benchmarks.md, "worker layout"): 1 process x 2 threads scored as fast
+# as 2 x 1 in half the memory (one model, one runtime); more processes per host
+# beyond that trade memory for less GIL contention and smaller failure domains.
+DEFAULT_LAYOUT = {
+    "workers": lambda cores: max(1, cores // 4),
+    "threads_per_worker": lambda cores: max(1, cores // max(1, cores // 4)),
+}
 
 
 def register(client, torch_threads=None) -> None:
