@@ -196,7 +196,8 @@ def bench(rows, workdir, layout, model_only, sweep_layouts, sweep_batches, no_ba
     else:
         res = b.end_to_end(workdir, rows, main_layout, baselines=not no_baselines)
         click.echo(b.format_end_to_end(res))
-        res["dscore"]["report"] = res["dscore"]["report"].to_dict()
+        for key in ("dscore", "dscore_plain"):
+            res[key]["report"] = res[key]["report"].to_dict()
         out["end_to_end"] = res
         layouts = _layouts(sweep_layouts)
         batches = [int(x) for x in sweep_batches.split(",") if x]
