@@ -357,7 +357,7 @@ def _check_resume(out: Output, header: dict, overwrite: bool) -> dict:
     old = out.read_json(JOB)
     if old is None:
         if out.exists() and any(
-            not name.rsplit("/", 1)[-1].startswith(".") for name in out.fs.ls(out.root, detail=False)
+            not name.rsplit("/", 1)[-1].startswith(".") for name in out.ls()
         ):
             raise JobError(
                 f"output {out.url!r} is not empty and holds no dscore job; choose another output or pass --overwrite"
