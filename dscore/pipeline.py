@@ -52,7 +52,8 @@ class TaskSpec:
     vocab: str | None
     vocab_fp: str | None
     id_columns: tuple
-    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
+    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
 
     @property
@@ -403,7 +404,7 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     out = Output(spec.output, spec.storage_options)
     done = _check_resume(out, plan.header, overwrite)
     out.start_run()
-    out.write_json(JOB, {**plan.header, "job": spec.to_dict()})
+    out.write_json(JOB, {**plan.header, "job": spec.to_dict(redact=True)})
     todo = [p for p in plan.pieces if p.index not in done]
     token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
     records, quarantined = dict(done), list(plan.unreadable)
