@@ -265,7 +265,17 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
     elif "://" in cluster:
-        with Client(cluster) as c:
+        try:
+            client = Client(cluster)
+        except (OSError, TimeoutError, TypeError) as e:  # TypeError: tls:// without certificates
+            hint = (
+                "; a tls:// scheduler admits only clients with its cluster's certificates: "
+                "source the client.env that cluster/tls.py wrote (DASK_DISTRIBUTED__COMM__TLS__* variables)"
+                if cluster.startswith("tls://")
+                else ""
+            )
+            raise JobError(f"cannot connect to the scheduler at {cluster}: {e}{hint}") from e
+        with client as c:
             yield c
     else:
         raise SpecError(f"cluster: expected 'local' or a scheduler address like tcp://host:8786, got {cluster!r}")
