@@ -26,6 +26,8 @@ from dscore.demo import FIELDS
 from .helpers import reference_scores
 
 pytestmark = pytest.mark.cluster
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
 
 KEY = "AKIADSCOREFAKEKEY7Q3Z"
 SECRET = "dscoreFakeSecret+9xq2Wv/Lm4Rt8YpZk"
