@@ -19,6 +19,7 @@ import click
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
+QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "urllib3", "aiohttp", "gcsfs", "adlfs", "azure")
 
 
 def _fail(e: BaseException) -> None:
@@ -57,9 +58,6 @@ def main(verbose: int) -> None:
     # included: -vv is dscore's and distributed's debug output, not theirs.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
-
-
-QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "urllib3", "aiohttp", "gcsfs", "adlfs", "azure")
 
 
 _SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a job key, e.g. model.batch_size=4096.")
