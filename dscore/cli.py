@@ -19,6 +19,7 @@ import click
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
+QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "urllib3", "aiohttp", "gcsfs", "adlfs", "azure")
 
 
 def _fail(e: BaseException) -> None:
@@ -53,6 +54,10 @@ def main(verbose: int) -> None:
     # spawns (which read this variable through dask's config).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level).lower())
     logging.getLogger("distributed").setLevel(level)
+    # The object-store clients' debug logs print request headers, access key ids
+    # included: -vv is dscore's and distributed's debug output, not theirs.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 _SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a job key, e.g. model.batch_size=4096.")

@@ -9,7 +9,10 @@ must be deterministic for the same input.
 from __future__ import annotations
 
 import concurrent.futures
+import io as _io
 import os
+import posixpath
+import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -55,6 +58,36 @@ def url_to_fs(url: str, storage_options: dict | None = None):
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
+def is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return any(p in ("file", "local") for p in protocols)
+
+
+def write_atomic(fs, path: str, write) -> None:
+    """Write ``path`` with ``write(file)`` so that readers see all of it or none of it.
+
+    Locally: a temporary file in the same directory, then a rename. Elsewhere: one
+    object, uploaded only once ``write`` has returned. A file opened on an object
+    store would not do: leaving ``with fs.open(...)`` on an exception still uploads
+    what was written so far, and a rename there is a copy and a delete.
+    """
+    if not is_local(fs):
+        buf = _io.BytesIO()
+        write(buf)
+        fs.pipe_file(path, buf.getvalue())
+        return
+    parent = posixpath.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with fs.open(tmp, "wb") as f:
+            write(f)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
 def _format(path: str) -> str:
     lower = path.lower()
     if lower.endswith(CSV_SUFFIXES):
@@ -76,6 +109,9 @@ def expand(url: str | list[str], storage_options: dict | None = None):
     if not urls:
         raise FileNotFoundError("input is an empty list of paths")
     fs, _ = url_to_fs(urls[0], storage_options)
+    # fsspec shares filesystem instances within a process, and object stores cache
+    # listings in them: a job must see the input as it is now (its versions name it).
+    fs.invalidate_cache()
     paths: list[str] = []
     for u in urls:
         _, path = url_to_fs(u, storage_options)

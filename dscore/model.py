@@ -36,11 +36,12 @@ def fingerprint(url: str, storage_options: dict | None = None) -> str:
     size and modification time on object stores (where reading the whole file
     just to name it would cost a download)."""
     fs, path = io.url_to_fs(url, storage_options)
+    fs.invalidate_cache(path)  # a cached listing would give the etag of a file since replaced
     try:
         info = fs.info(path)
     except FileNotFoundError:
         raise ModelError(f"model file {url!r} does not exist") from None
-    if "local" in fs.protocol or "file" in fs.protocol:
+    if io.is_local(fs):
         return "sha256:" + _sha256_file(path, info.get("size"), info.get("mtime"))
     return f"{fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol}:{info.get('size')}:{io._version(info)}"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,8 +39,6 @@ class Output:
         self.url = url
         self.fs, self.root = io.url_to_fs(url, storage_options)
         self.root = self.root.rstrip("/")
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
 
     # -------------------------------------------------------------- names
     def path(self, name: str) -> str:
@@ -53,28 +50,14 @@ class Output:
 
     # -------------------------------------------------------------- writes
     def _put(self, name: str, write) -> None:
-        """Write ``name`` atomically: temp file + rename locally, one object elsewhere."""
-        target = self.path(name)
-        if not self.local:
-            with self.fs.open(target, "wb") as f:
-                write(f)
-            return
-        parent = posixpath.dirname(target)
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with self.fs.open(tmp, "wb") as f:
-                write(f)
-            self.fs.mv(tmp, target)
-        finally:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
+        io.write_atomic(self.fs, self.path(name), write)
 
     def write_json(self, name: str, obj) -> None:
         data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
         self._put(name, lambda f: f.write(data))
 
     def read_json(self, name: str):
+        self._fresh()
         try:
             with self.fs.open(self.path(name), "rb") as f:
                 return json.loads(f.read())
@@ -87,16 +70,31 @@ class Output:
         self.write_json(f"{PARTS}/part-{index:06d}.json", record)
 
     # -------------------------------------------------------------- reads
+    def _fresh(self) -> None:
+        # Workers (other processes) write here; object stores' filesystems cache
+        # listings per instance, and fsspec shares instances within a process, so a
+        # listing from before the workers wrote would hide their partitions.
+        self.fs.invalidate_cache(self.path(PARTS))  # also drops the root and its parents
+
+    def ls(self, name: str = "") -> list[str]:
+        """Paths in the output directory (or its subdirectory ``name``), as they are now."""
+        path = self.path(name) if name else self.root
+        self._fresh()
+        self.fs.invalidate_cache(path)
+        return self.fs.ls(path, detail=False)
+
     def exists(self) -> bool:
-        return self.fs.exists(self.root) and bool(self.fs.ls(self.root, detail=False))
+        self._fresh()
+        return self.fs.exists(self.root) and bool(self.ls())
 
     def records(self) -> dict[int, dict]:
         """Finished partitions by index."""
+        self._fresh()
         base = self.path(PARTS)
         if not self.fs.exists(base):
             return {}
         out = {}
-        paths = [p for p in self.fs.ls(base, detail=False) if p.endswith(".json")]
+        paths = [p for p in self.ls(PARTS) if p.endswith(".json")]
         for p in paths:
             with self.fs.open(p, "rb") as f:
                 rec = json.loads(f.read())
@@ -104,13 +102,15 @@ class Output:
         return out
 
     def complete(self) -> bool:
+        self._fresh()
         return self.fs.exists(self.path(SUCCESS))
 
     def clear(self) -> None:
         """Remove what dscore writes here (``--overwrite``); other files are left alone."""
+        self._fresh()
         if not self.fs.exists(self.root):
             return
-        for p in self.fs.ls(self.root, detail=False):
+        for p in self.ls():
             base = posixpath.basename(p.rstrip("/"))
             if base.startswith("part-") or base in (SUCCESS, JOB, MANIFEST, QUARANTINE, REPORT, PARTS):
                 self.fs.rm(p, recursive=True)
@@ -118,11 +118,12 @@ class Output:
     def start_run(self) -> None:
         """Before a run: the output is not complete any more, and temporary files of
         writes that a crash interrupted are removed."""
+        self._fresh()
         for name in (SUCCESS, MANIFEST, QUARANTINE):
             if self.fs.exists(self.path(name)):
                 self.fs.rm(self.path(name))
-        for base in (self.root, self.path(PARTS)):
-            if self.fs.exists(base):
-                for p in self.fs.ls(base, detail=False):
+        for name in ("", PARTS):
+            if self.fs.exists(self.path(name) if name else self.root):
+                for p in self.ls(name):
                     if posixpath.basename(p).startswith(".") and p.endswith(".tmp"):
                         self.fs.rm(p)

@@ -52,7 +52,8 @@ class TaskSpec:
     vocab: str | None
     vocab_fp: str | None
     id_columns: tuple
-    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
+    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
 
     @property
@@ -264,7 +265,17 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
     elif "://" in cluster:
-        with Client(cluster) as c:
+        try:
+            client = Client(cluster)
+        except (OSError, TimeoutError, TypeError) as e:  # TypeError: tls:// without certificates
+            hint = (
+                "; a tls:// scheduler admits only clients with its cluster's certificates: "
+                "source the client.env that cluster/tls.py wrote (DASK_DISTRIBUTED__COMM__TLS__* variables)"
+                if cluster.startswith("tls://")
+                else ""
+            )
+            raise JobError(f"cannot connect to the scheduler at {cluster}: {e}{hint}") from e
+        with client as c:
             yield c
     else:
         raise SpecError(f"cluster: expected 'local' or a scheduler address like tcp://host:8786, got {cluster!r}")
@@ -357,7 +368,7 @@ def _check_resume(out: Output, header: dict, overwrite: bool) -> dict:
     old = out.read_json(JOB)
     if old is None:
         if out.exists() and any(
-            not name.rsplit("/", 1)[-1].startswith(".") for name in out.fs.ls(out.root, detail=False)
+            not name.rsplit("/", 1)[-1].startswith(".") for name in out.ls()
         ):
             raise JobError(
                 f"output {out.url!r} is not empty and holds no dscore job; choose another output or pass --overwrite"
@@ -403,7 +414,7 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     out = Output(spec.output, spec.storage_options)
     done = _check_resume(out, plan.header, overwrite)
     out.start_run()
-    out.write_json(JOB, {**plan.header, "job": spec.to_dict()})
+    out.write_json(JOB, {**plan.header, "job": spec.to_dict(redact=True)})
     todo = [p for p in plan.pieces if p.index not in done]
     token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
     records, quarantined = dict(done), list(plan.unreadable)

@@ -7,6 +7,7 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import KW_ONLY, dataclass
 
 KINDS = ("delimited", "list", "scalar")
@@ -173,6 +174,33 @@ def _mapping(where, v):
     return dict(_check(where, v, "a mapping", isinstance(v, dict)))
 
 
+def _options(where, v):
+    if not isinstance(v, dict):  # without the value: it may be a credential in the wrong place
+        raise SpecError(f"{where}: expected a mapping like {{key: ..., secret: ...}}, got a {type(v).__name__}")
+    return dict(v)
+
+
+# Option names whose values are credentials, as fsspec backends spell them: key,
+# secret, token, aws_access_key_id, account_key, sas_token, password, credentials,
+# session, client_kwargs.auth, headers.Authorization...
+_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|auth|session|private", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+REDACTED = "***"
+
+
+def redact_secrets(options):
+    """A copy of ``options`` (``storage_options``) fit to write to a file or a log:
+    at any depth, the values of credential-like keys become ``"***"``, and so do the
+    user:password parts of URLs; everything else (``endpoint_url``, region...) stays."""
+    if isinstance(options, dict):
+        return {k: REDACTED if _SECRET_NAME.search(str(k)) else redact_secrets(v) for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact_secrets(v) for v in options)
+    if isinstance(options, str):
+        return _URL_USERINFO.sub(REDACTED + "@", options)
+    return options
+
+
 def _one_of(*choices):
     def check(where, v):
         return _check(where, v, "one of " + ", ".join(map(str, choices)), v in choices)
@@ -315,7 +343,7 @@ class JobSpec:
     _: KW_ONLY
     vocab: str | None = None
     id_columns: tuple = ()
-    storage_options: dict = dataclasses.field(default_factory=dict)
+    storage_options: dict = dataclasses.field(default_factory=dict, repr=False)  # credentials
     cluster: str = "local"
     workers: int | None = None
     threads_per_worker: int | None = None
@@ -333,7 +361,7 @@ class JobSpec:
         "model": None,  # built by ModelSpec.from_dict
         "vocab": _opt_str,
         "id_columns": _str_list,
-        "storage_options": _mapping,
+        "storage_options": _options,
         "cluster": _str,
         "workers": _opt_pos_int,
         "threads_per_worker": _opt_pos_int,
@@ -392,12 +420,17 @@ class JobSpec:
             set_dotted(data, key, value)
         return cls.from_dict(data, source)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, redact: bool = False) -> dict:
+        """The job as a mapping (``from_dict`` reads it back). ``redact`` hides the
+        credentials in ``storage_options`` (see ``redact_secrets``): use it for every copy
+        that is written to a file or printed."""
         d = {
             k: getattr(self, k)
             for k in self.CHECKS
             if k not in ("fields", "model")
         }
+        if redact:
+            d["storage_options"] = redact_secrets(self.storage_options)
         d["input"] = list(self.input)
         d["id_columns"] = list(self.id_columns)
         d["fields"] = [f.to_dict() for f in self.fields]

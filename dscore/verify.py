@@ -253,7 +253,7 @@ def verify(job, *, n: int = 100_000, seed: int = 0, tolerance: float = 1e-5, aga
 
 def _read_scores(out) -> pa.Table:
     fs = out.fs
-    files = sorted(p for p in fs.ls(out.path("scores"), detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+    files = sorted(p for p in out.ls("scores") if p.rsplit("/", 1)[-1].startswith("part-"))
     tables = []
     for p in files:
         with fs.open(p, "rb") as f:

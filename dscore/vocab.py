@@ -213,11 +213,7 @@ class Vocabulary:
         fs, root = io.url_to_fs(path, storage_options)
         fs.makedirs(root, exist_ok=True)
         for name, table in self._tables.items():
-            target = posixpath.join(root, f"{name}.parquet")
-            tmp = posixpath.join(root, f".{name}.parquet.tmp")
-            with fs.open(tmp, "wb") as f:
-                pq.write_table(table, f)
-            fs.mv(tmp, target)
+            io.write_atomic(fs, posixpath.join(root, f"{name}.parquet"), lambda f, t=table: pq.write_table(t, f))
 
     @classmethod
     def load(
@@ -226,6 +222,7 @@ class Vocabulary:
         """Read the mapping tables in ``path``: those of ``fields`` (hashing fields need
         none), or every ``*.parquet`` there when ``fields`` is None."""
         fs, root = io.url_to_fs(path, storage_options)
+        fs.invalidate_cache(root)  # tables another process wrote since this one listed
         if not fs.isdir(root):
             raise FileNotFoundError(f"vocabulary directory {path!r} does not exist")
         if fields is None:

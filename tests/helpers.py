@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -10,8 +14,6 @@ from dscore.demo import FIELDS
 
 def reference_scores(demo, paths=None, fields=FIELDS):
     """Eager PyTorch on the plain-Python reference encoding: {user_id: score}."""
-    import glob
-
     import torch
 
     from . import naive
@@ -30,3 +32,17 @@ def reference_scores(demo, paths=None, fields=FIELDS):
         scores = demo["eager"](*inputs).numpy()
     return dict(zip(table.column("user_id").to_pylist(), scores.tolist()))
 
+
+def check_exactly_once(demo, output, data_glob, rows):
+    """``output`` (a local directory) holds every row of ``data_glob`` once, with the
+    eager reference's score, and ``_SUCCESS``."""
+    files = sorted(glob.glob(os.path.join(output, "part-*.parquet")))
+    out = pa.concat_tables(pq.read_table(f) for f in files)
+    ids = out.column("user_id").to_pylist()
+    assert len(ids) == rows, f"{len(ids)} rows, expected {rows}"  # nothing lost, nothing duplicated
+    assert len(set(ids)) == rows
+    want = reference_scores(demo, sorted(glob.glob(data_glob)))
+    got = out.column("score").to_numpy()
+    assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+    return out

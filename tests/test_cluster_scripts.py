@@ -257,6 +257,71 @@ else:
 """
 
 
+def client_env(certs: Path) -> dict[str, str]:
+    """The variables that `. DIR/client.env` exports."""
+    import shlex
+
+    env = {}
+    for line in (certs / "client.env").read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = shlex.split(value)[0]
+    return env
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_dscore_score_on_a_tls_cluster(start_local, tmp_path, demo):
+    """`dscore score --scheduler tls://...` with the client certificate scores exactly
+    once; without it, it is refused within the connect timeout; stop leaves nothing."""
+    from .helpers import check_exactly_once
+
+    certs = tmp_path / "certs"
+    made = run([sys.executable, CLUSTER / "tls.py", certs])
+    assert made.returncode == 0, made.stderr
+    rundir, address = start_local("--workers", "2", "--threads", "1", "--tls", certs)
+    assert address.startswith("tls://127.0.0.1:")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**demo["job"], "output": str(tmp_path / "out")}))
+    score = [
+        sys.executable,
+        "-m",
+        "dscore.cli",
+        "score",
+        job,
+        "--scheduler",
+        address,
+        "--no-progress",
+    ]
+    fast = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
+
+    scored = run(score, timeout=180, env=script_env(**client_env(certs), **fast))
+    assert scored.returncode == 0, scored.stderr
+    assert "dscore complete: 6,000 rows in 6 partitions" in scored.stdout
+    check_exactly_once(demo, str(tmp_path / "out"), demo["data"], 6000)
+
+    start = time.monotonic()
+    refused = run(
+        [*score, "--set", f"output={tmp_path / 'out2'}"],
+        timeout=60,
+        env=script_env(**fast),
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert time.monotonic() - start < 45
+    assert refused.stderr.startswith(
+        f"dscore: error: cannot connect to the scheduler at {address}"
+    )
+    assert "client.env" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "out2" / "_SUCCESS").exists()
+
+    pids = process_tree(pidfile_pids(rundir))
+    assert len(pids) >= 5  # scheduler, 2 nannies, 2 worker processes
+    stop = run([CLUSTER / "local.sh", "stop", rundir], timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert stopped(pids) == []
+    assert list(rundir.glob("*.pid")) == []
+
+
 def test_tls_py_refuses_to_overwrite(tmp_path):
     assert run([sys.executable, CLUSTER / "tls.py", tmp_path]).returncode == 0
     again = run([sys.executable, CLUSTER / "tls.py", tmp_path])

@@ -206,3 +206,17 @@ def test_refuses_a_foreign_output_directory(demo, client, tmp_path):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(JobError, match="is not empty and holds no dscore job"):
         dscore.run({**demo["job"], "output": str(tmp_path / "out")}, client=client, progress=False)
+
+
+def test_unreachable_scheduler_is_one_clear_error():
+    import dask
+
+    from dscore.pipeline import connect
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(JobError, match=r"^cannot connect to the scheduler at tcp://127.0.0.1:9: Timed out"):
+            with connect("tcp://127.0.0.1:9"):
+                pass
+        with pytest.raises(JobError, match=r"tls://127.0.0.1:9: .*source the client.env that cluster/tls.py wrote"):
+            with connect("tls://127.0.0.1:9"):
+                pass

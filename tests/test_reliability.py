@@ -29,7 +29,7 @@ import dscore
 from dscore.demo import make_table, package_names
 from dscore.pipeline import JobError
 
-from .helpers import reference_scores
+from .helpers import check_exactly_once
 
 pytestmark = pytest.mark.cluster
 
@@ -43,19 +43,6 @@ def many(demo, tmp_path_factory):
         pq.write_table(make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100)
     job = {**demo["job"], "input": str(root / "f*.parquet"), "partition_rows": 200}
     return {"root": root, "job": job, "rows": 24 * 400, "partitions": 48}
-
-
-def check_exactly_once(demo, output, data_glob, rows):
-    files = sorted(glob.glob(os.path.join(output, "part-*.parquet")))
-    out = pa.concat_tables(pq.read_table(f) for f in files)
-    ids = out.column("user_id").to_pylist()
-    assert len(ids) == rows, f"{len(ids)} rows, expected {rows}"  # nothing lost, nothing duplicated
-    assert len(set(ids)) == rows
-    want = reference_scores(demo, sorted(glob.glob(data_glob)))
-    got = out.column("score").to_numpy()
-    assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
-    assert os.path.exists(os.path.join(output, "_SUCCESS"))
-    return out
 
 
 def run_in_thread(job, client, **kw):

@@ -131,3 +131,30 @@ def test_yaml_file_and_overrides(tmp_path):
         JobSpec.load(str(tmp_path / "bad.yaml"))
     with pytest.raises(SpecError, match=r"--set 'model.batch_size': expected KEY=VALUE"):
         parse_set(["model.batch_size"])
+
+
+def test_secrets_are_redacted_where_jobs_are_written_or_shown():
+    from dscore.pipeline import TaskSpec
+    from dscore.spec import redact_secrets
+
+    so = {
+        "key": "AKIAFAKE", "secret": "s3cr3t", "anon": False, "profile": "prod",
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu", "aws_session_token": "tok"},
+        "headers": {"Authorization": "Bearer abc"}, "account_key": "k", "sas_token": "sas", "password": "pw",
+        "endpoints": ["https://user:pw@host/x"],
+    }  # fmt: skip
+    assert redact_secrets(so) == {
+        "key": "***", "secret": "***", "anon": False, "profile": "prod",
+        "client_kwargs": {"endpoint_url": "http://minio:9000", "region_name": "eu", "aws_session_token": "***"},
+        "headers": {"Authorization": "***"}, "account_key": "***", "sas_token": "***", "password": "***",
+        "endpoints": ["https://***@host/x"],
+    }  # fmt: skip
+    assert so["key"] == "AKIAFAKE"  # a copy
+    job = JobSpec.from_dict({**JOB, "storage_options": so})
+    assert job.to_dict()["storage_options"] == so  # the round trip keeps them
+    assert job.to_dict(redact=True)["storage_options"] == redact_secrets(so)
+    task = TaskSpec(job.fields, job.model, "fp", None, None, (), storage_options=so)
+    for shown in (repr(job), repr(task)):
+        assert "AKIAFAKE" not in shown and "s3cr3t" not in shown
+    with pytest.raises(SpecError, match=r"^<dict>: storage_options: expected a mapping like \{key: \.\.\., secret: \.\.\.\}, got a str$"):
+        JobSpec.from_dict({**JOB, "storage_options": "AKIAFAKE:s3cr3t"})
