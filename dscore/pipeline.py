@@ -255,16 +255,19 @@ CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
 
 
 @contextmanager
-def connect(cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto"):
+def connect(
+    cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto", resources=None
+):
     """A ``distributed.Client``: the given one, a new LocalCluster, a LocalCUDACluster
-    (``local-cuda``: one worker per visible GPU), or a running scheduler."""
+    (``local-cuda``: one worker per visible GPU), or a running scheduler. Workers of a
+    cluster started here offer ``resources`` (the job's), so that its tasks can run."""
     from distributed import Client, LocalCluster
 
     if client is not None:
         yield client
         return
     if cluster == "local-cuda":
-        with local_cuda_cluster(workers, threads_per_worker, memory_limit) as lc, Client(lc) as c:
+        with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, Client(lc) as c:
             n = len(c.scheduler_info(n_workers=-1)["workers"])
             print(f"dscore: local CUDA cluster of {n} GPU workers; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
@@ -275,7 +278,8 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         n = workers or DEFAULT_LAYOUT["workers"](host_cores())
         t = threads_per_worker or (DEFAULT_LAYOUT["threads_per_worker"](host_cores()) if not workers else 1)
         with LocalCluster(
-            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0"
+            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
+            resources=resources,
         ) as lc, Client(lc) as c:
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
@@ -286,7 +290,7 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
 
 
-def local_cuda_cluster(workers=None, threads_per_worker=None, memory_limit="auto"):
+def local_cuda_cluster(workers=None, threads_per_worker=None, memory_limit="auto", resources=None):
     """A ``dask_cuda.LocalCUDACluster``: one worker process per visible GPU (or the first
     ``workers``), each pinned to its GPU by ``CUDA_VISIBLE_DEVICES``, with one thread
     unless told otherwise. CUDA is initialised in those workers only, never here."""
@@ -300,7 +304,26 @@ def local_cuda_cluster(workers=None, threads_per_worker=None, memory_limit="auto
     kwargs = {"threads_per_worker": threads_per_worker or 1, "memory_limit": memory_limit, "dashboard_address": ":0"}
     if workers:
         kwargs["n_workers"] = workers
+    if resources:
+        kwargs["resources"] = dict(resources)
     return LocalCUDACluster(**kwargs)
+
+
+def check_resources(client, resources) -> None:
+    """Raise ``JobError`` unless a worker offers ``resources``: tasks that ask for what
+    no worker has would wait forever. (No workers yet is ``_submit``'s to handle.)"""
+    if not resources:
+        return
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    offered = [w.get("resources") or {} for w in workers.values()]
+    if not offered or any(all(have.get(k, 0) >= n for k, n in resources.items()) for have in offered):
+        return
+    names = sorted({k for have in offered for k in have})
+    raise JobError(
+        f"resources: every task asks for {dict(resources)}, but none of the {len(offered)} workers offers that "
+        f"(resources offered: {names or 'none'}); start workers with e.g. `dask worker --resources GPU=1`, "
+        "or drop the job's resources"
+    )
 
 
 # One process per 4 cores, a Dask thread per core, one torch thread each. Measured on
@@ -444,7 +467,8 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     label = spec.cluster if client is None else "client"
     if todo:
         with connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                     memory_limit=spec.memory_limit) as c:  # fmt: skip
+                     memory_limit=spec.memory_limit, resources=spec.resources) as c:  # fmt: skip
+            check_resources(c, spec.resources)
             register(c, spec.model.threads)
             threads = sum(c.nthreads().values()) or 1
             task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)

@@ -177,8 +177,38 @@ def test_local_cuda_cluster_arguments(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", SimpleNamespace(LocalCUDACluster=lambda **kw: seen.update(kw)))
     pipeline.local_cuda_cluster()
     assert seen == {"threads_per_worker": 1, "memory_limit": "auto", "dashboard_address": ":0"}  # n_workers: one per GPU
-    pipeline.local_cuda_cluster(workers=2, threads_per_worker=3, memory_limit="8GB")
+    pipeline.local_cuda_cluster(workers=2, threads_per_worker=3, memory_limit="8GB", resources={"GPU": 1})
     assert seen["n_workers"] == 2 and seen["threads_per_worker"] == 3 and seen["memory_limit"] == "8GB"
+    assert seen["resources"] == {"GPU": 1}  # a cluster dscore starts offers what its tasks ask for
+
+
+class _Workers:
+    def __init__(self, *resources):
+        self.info = {"workers": {f"tcp://w{i}": {"resources": r} for i, r in enumerate(resources)}}
+
+    def scheduler_info(self, n_workers):
+        return self.info
+
+
+def test_resources_no_worker_offers_are_an_error():
+    from dscore.pipeline import JobError, check_resources
+
+    check_resources(_Workers({}, {"GPU": 1}), {"GPU": 1})
+    check_resources(_Workers(), {"GPU": 1})  # no workers yet: the job waits for them
+    check_resources(_Workers({}), None)
+    with pytest.raises(JobError, match=r"resources: every task asks for \{'GPU': 2\}, but none of the 2 workers offers "
+                       r"that \(resources offered: \['GPU'\]\); start workers with e.g. `dask worker --resources GPU=1`"):
+        check_resources(_Workers({}, {"GPU": 1}), {"GPU": 2})
+
+
+@pytest.mark.cluster
+def test_a_local_cluster_offers_the_jobs_resources(demo, tmp_path):
+    import dscore
+
+    job = {**demo["job"], "output": str(tmp_path / "o"), "resources": {"GPU": 1}, "workers": 1,
+           "threads_per_worker": 1, "partition_rows": 3000}  # fmt: skip
+    report = dscore.run(job, progress=False)
+    assert report.status == "complete" and report.rows == 6000
 
 
 class _Stop(Exception):
