@@ -13,6 +13,7 @@ Mapping tables and the Unicode tables are uploaded once per process and GPU
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,10 +37,11 @@ from .kernels.unicode import tables as unicode_tables
 from .spec import Field
 
 
-def _device_index(device: str) -> int:
-    """GPU number of ``"cuda"`` (0: the first visible one) or ``"cuda:N"``."""
+def _on(device: str):
+    """The numba context for ``device``: ``"cuda"`` is whatever is current on this thread
+    (torch's current device, as for a model on ``"cuda"``; else GPU 0), ``"cuda:N"`` GPU N."""
     _, _, n = str(device).partition(":")
-    return int(n) if n else 0
+    return cuda.gpus[int(n)] if n else contextlib.nullcontext()
 
 
 def _output(buffers, field: Field, rows: int):
@@ -81,7 +83,7 @@ def encode_table(table: pa.Table, fields: Sequence[Field], vocab=None, *, buffer
     uni = unicode_tables()
     arrays: dict = {}
     stats: dict[str, FieldStats] = {}
-    with cuda.gpus[_device_index(device)]:
+    with _on(device):
         for field in fields:
             col, buckets, lk = _field_inputs(table, field, vocab)
             out = _output(buffers, field, table.num_rows)
