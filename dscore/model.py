@@ -170,6 +170,8 @@ def as_tensor(a, device: str):
     if isinstance(a, np.ndarray):
         return torch.from_numpy(a)
     if str(device).startswith("cuda"):
+        if a.size == 0:  # an empty device array may export a null pointer: nothing to share
+            return torch.empty(tuple(a.shape), dtype=torch.from_numpy(np.empty(0, a.dtype)).dtype, device=device)
         return torch.as_tensor(a, device=device)
     if hasattr(a, "copy_to_host"):
         return torch.from_numpy(a.copy_to_host())

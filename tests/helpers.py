@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,3 +33,23 @@ def reference_scores(demo, paths=None, fields=FIELDS):
         scores = demo["eager"](*inputs).numpy()
     return dict(zip(table.column("user_id").to_pylist(), scores.tolist()))
 
+
+
+@contextlib.contextmanager
+def captured_logs(logger: str, level: int):
+    """The records ``logger`` emits at ``level`` and above inside the block.
+
+    caplog's stand-in: the suite also runs with ``-p no:logging``, which removes caplog.
+    """
+    records: list = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    log = logging.getLogger(logger)
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(min(level, old) if old else level)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)

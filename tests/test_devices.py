@@ -18,6 +18,7 @@ from dscore import JobSpec
 from dscore.encoding import resolve_encode_device
 from dscore.spec import SpecError
 
+from .helpers import captured_logs
 from .test_spec import JOB
 
 
@@ -87,15 +88,8 @@ def test_auto_with_a_cuda_model_but_no_numba_device_falls_back_once(monkeypatch)
     from dscore import encoding
 
     monkeypatch.setattr(encoding, "_auto_logged", False)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("dscore.encoding")
-    logger.addHandler(handler)
-    try:
+    with captured_logs("dscore.encoding", logging.INFO) as records:
         assert [resolve_encode_device("auto", "cuda:1") for _ in range(2)] == ["cpu", "cpu"]
-    finally:
-        logger.removeHandler(handler)
     assert len(records) == 1 and records[0].levelname == "WARNING"
     assert records[0].getMessage().startswith("encode_device auto: the model is on cuda:1 but numba.cuda cannot run kernels (")
 

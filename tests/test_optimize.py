@@ -14,6 +14,8 @@ from dscore import optimize as opt
 from dscore.demo import FIELDS
 from dscore.model import Model
 
+from .helpers import captured_logs
+
 
 @pytest.fixture(scope="module")
 def arrays(demo):
@@ -35,14 +37,14 @@ def test_scores_do_not_depend_on_the_batch_size(demo, arrays):
     assert np.abs(odd - outs[0]).max() <= 1e-6
 
 
-def test_autotune_picks_a_measured_candidate(demo, arrays, caplog):
+def test_autotune_picks_a_measured_candidate(demo, arrays):
     model = load(demo, batch_size="auto")
-    with caplog.at_level(logging.INFO, logger="dscore.optimize"):
+    with captured_logs("dscore.optimize", logging.INFO) as records:
         info = opt.prepare(model, arrays)
     rates = {int(k): v for k, v in info["batch_rates"].items()}
     assert set(rates) == {b for b in opt.CANDIDATE_BATCHES if b <= 2000}
     assert model.batch_size == max(rates, key=rates.get) == info["batch_size"]
-    assert any("batch" in r.message and "rows/s plain" in r.message for r in caplog.records)
+    assert any("batch" in r.getMessage() and "rows/s plain" in r.getMessage() for r in records)
 
 
 def test_fixed_batch_size_turns_autotuning_off(demo, arrays):
@@ -59,7 +61,7 @@ def test_freeze_is_exact(demo, arrays):
     assert np.abs(model.predict(arrays) - plain).max() <= 1e-6
 
 
-def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch, caplog):
+def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch):
     class Off(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -70,18 +72,18 @@ def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch, caplog):
 
     monkeypatch.setitem(opt.BUILDERS, "freeze", lambda m: (Off(m.module), None))
     model = load(demo, batch_size=512, optimize="freeze")
-    with caplog.at_level(logging.WARNING, logger="dscore.optimize"):
+    with captured_logs("dscore.optimize", logging.WARNING) as records:
         opt.prepare(model, arrays)
     assert model.mode == "none"
-    assert any("changes scores by up to 1.00e-03 > tolerance 1e-06" in r.message for r in caplog.records)
+    assert any("changes scores by up to 1.00e-03 > tolerance 1e-06" in r.getMessage() for r in records)
 
 
-def test_compile_needs_an_eager_model(demo, arrays, caplog):
+def test_compile_needs_an_eager_model(demo, arrays):
     model = load(demo, batch_size=512, optimize="compile")
-    with caplog.at_level(logging.WARNING, logger="dscore.optimize"):
+    with captured_logs("dscore.optimize", logging.WARNING) as records:
         opt.prepare(model, arrays)
     assert model.mode == "none"
-    assert any("compile needs an eager or torch.export model" in r.message for r in caplog.records)
+    assert any("compile needs an eager or torch.export model" in r.getMessage() for r in records)
 
 
 def test_auto_compiles_only_long_jobs(demo, arrays):
