@@ -1,12 +1,14 @@
 """Arrow columns -> kernel inputs: type checks, buffer extraction, per-field statistics.
 
 ``encode(table, fields, vocab)`` is the public entry point; ``encode_table`` also
-returns the per-field counts the job report shows. The kernels themselves live in
-``dscore.kernels.cpu`` and never see Arrow objects.
+returns the per-field counts the job report shows, and encodes on the CPU or, with
+``device="cuda"``, on the GPU (``dscore.encoding_cuda``, imported only then). The
+kernels themselves live in ``dscore.kernels`` and never see Arrow objects.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,12 +18,14 @@ import pyarrow.compute as pc
 
 from .kernels import cpu
 from .kernels.unicode import tables as unicode_tables
-from .spec import Field
+from .spec import ENCODE_DEVICES, Field
 
 _KIND_CODE = {"delimited": cpu.DELIMITED, "list": cpu.LIST, "scalar": cpu.SCALAR}
 _NO_BITS = np.empty(0, dtype=np.uint8)
 _NO_BITS.flags.writeable = False
 _NO_ROWS = np.empty(0, dtype=np.int64)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,6 +259,17 @@ def _column(table: pa.Table, field: Field) -> pa.ChunkedArray:
     return col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
 
 
+def _field_inputs(table: pa.Table, field: Field, vocab):
+    """``(column, buckets, lookup)`` of ``field``, checked: what either device's encode needs."""
+    col = _column(table, field)
+    check_field_type(field, col.type)
+    if field.buckets is not None:
+        return col, field.buckets, _EMPTY_LOOKUP
+    if vocab is None:
+        raise ValueError(f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None")
+    return col, 0, vocab.lookup(field)
+
+
 def _as_table(table) -> pa.Table:
     if isinstance(table, pa.Table):
         return table
@@ -263,7 +278,7 @@ def _as_table(table) -> pa.Table:
     return pa.Table.from_pandas(table, preserve_index=False)
 
 
-def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None):
+def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, device: str = "cpu"):
     """Encode ``fields`` of ``table``; return ``(arrays, stats)``.
 
     ``arrays[name]`` is a C-contiguous int32 array of shape ``(rows, max_len)``;
@@ -272,23 +287,25 @@ def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None):
     ``buffers``, a dict kept by the caller, lets repeated calls reuse their output
     memory: ``arrays`` are then views into it, valid until the next call. Fresh
     arrays of a few hundred MB otherwise cost a page fault per 4 KiB on every call.
+    Keep one dict per device.
+
+    ``device``: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` to encode with the CUDA
+    kernels on that GPU. The arrays are then numba device arrays (hand them to
+    torch through ``__cuda_array_interface__``; ``dscore.model.as_tensor``), with
+    exactly the CPU path's values and the same stats. Raises ``RuntimeError`` when
+    numba.cuda finds no usable device (see ``resolve_encode_device``).
     """
     table = _as_table(table)
     check_fields(fields)
+    if device != "cpu":
+        from . import encoding_cuda  # numba.cuda only when asked for
+
+        return encoding_cuda.encode_table(table, fields, vocab, buffers=buffers, device=device)
     uni = unicode_tables()
     arrays: dict[str, np.ndarray] = {}
     stats: dict[str, FieldStats] = {}
     for field in fields:
-        col = _column(table, field)
-        check_field_type(field, col.type)
-        if field.buckets is not None:
-            buckets, lk = field.buckets, _EMPTY_LOOKUP
-        else:
-            if vocab is None:
-                raise ValueError(
-                    f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None"
-                )
-            buckets, lk = 0, vocab.lookup(field)
+        col, buckets, lk = _field_inputs(table, field, vocab)
         out = _output(buffers, field, table.num_rows)
         counts = np.zeros(4, dtype=np.int64)
         row = 0
@@ -327,6 +344,59 @@ def encode(table, fields: Sequence[Field], vocab=None) -> dict[str, np.ndarray]:
 
 
 _EMPTY_LOOKUP = (np.zeros((1, 2), dtype=np.uint64), np.zeros(0, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- device choice
+_auto_logged = False  # "auto" chose the CPU: said once per process
+
+
+def resolve_encode_device(requested: str, model_device: str) -> str:
+    """Where a worker encodes: ``"cpu"``, or the GPU its model uses (``"cuda"``, ``"cuda:N"``).
+
+    Parameters
+    ----------
+    requested : {"auto", "cpu", "cuda"}
+        The job's ``encode_device``. ``auto`` is the GPU when the model is on CUDA
+        and numba.cuda can run kernels there, else the CPU, said in one log line per
+        process. ``cuda`` is the model's GPU (GPU 0 for a model on the CPU, whose
+        rows are then copied to the host).
+    model_device : str
+        The loaded model's device (``cpu``, ``cuda``, ``cuda:N``).
+
+    Raises
+    ------
+    RuntimeError
+        ``cuda`` where numba.cuda finds no usable device.
+
+    Nothing CUDA-related is imported unless the model is on CUDA or ``cuda`` is asked for.
+    """
+    global _auto_logged
+    if requested not in ENCODE_DEVICES:
+        raise ValueError(f"encode_device is {requested!r}; expected one of {', '.join(ENCODE_DEVICES)}")
+    model_device = str(model_device)
+    on_gpu = model_device.startswith("cuda")
+    if requested == "cpu" or (requested == "auto" and not on_gpu):
+        if requested == "auto" and not _auto_logged:
+            _auto_logged = True
+            log.info("encode_device auto: encoding on the CPU (the model is on %s)", model_device)
+        return "cpu"
+    from .kernels import cuda as kc
+
+    if kc.cuda_available():
+        return model_device if on_gpu else "cuda"
+    reason = kc.unavailable_reason()
+    if requested == "cuda":
+        raise RuntimeError(
+            f"encode_device is 'cuda' but numba.cuda finds no usable CUDA device on this worker ({reason}); "
+            "set encode_device: cpu (or auto, which encodes on the GPU only where it can)"
+        )
+    if not _auto_logged:
+        _auto_logged = True
+        log.warning(
+            "encode_device auto: the model is on %s but numba.cuda cannot run kernels (%s); encoding on the CPU",
+            model_device, reason,
+        )  # fmt: skip
+    return "cpu"
 
 
 # ---------------------------------------------------------------- tokenize
@@ -371,5 +441,7 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
     return pa.concat_arrays(keys), np.concatenate(weights)
 
 
-__all__ = ["FieldStats", "check_field_type", "check_fields", "encode", "encode_table", "tokenize"]
+__all__ = [
+    "FieldStats", "check_field_type", "check_fields", "encode", "encode_table", "resolve_encode_device", "tokenize",
+]  # fmt: skip
 

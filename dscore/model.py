@@ -156,6 +156,29 @@ def load_module(spec: ModelSpec, device: str, storage_options: dict | None = Non
     return module
 
 
+def as_tensor(a, device: str):
+    """A field's int32 matrix as a torch tensor for a model on ``device``.
+
+    numpy: a zero-copy CPU tensor (``predict`` moves micro-batches to the device).
+    A CUDA array (a numba device array from GPU encoding, or anything with
+    ``__cuda_array_interface__``): a zero-copy tensor on its GPU for a CUDA model;
+    for a CPU model, copied to the host first (``copy_to_host``, which numba's
+    simulator has too). GPU encoding synchronises its stream before it returns, so
+    the values are complete when torch reads them on its own stream.
+    """
+    import torch
+
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    if str(device).startswith("cuda"):
+        if a.size == 0:  # an empty device array may export a null pointer: nothing to share
+            return torch.empty(tuple(a.shape), dtype=torch.from_numpy(np.empty(0, a.dtype)).dtype, device=device)
+        return torch.as_tensor(a, device=device)
+    if hasattr(a, "copy_to_host"):
+        return torch.from_numpy(a.copy_to_host())
+    return torch.as_tensor(a, device="cuda").to(device)
+
+
 class Model:
     """A loaded model bound to the job's fields: ``predict(arrays) -> float32 (rows, k)``.
 
@@ -192,6 +215,8 @@ class Model:
     @classmethod
     def load(cls, spec: ModelSpec, fields, *, device: str | None = None, storage_options=None, expect=None):
         device = resolve_device(device or spec.device)
+        if device.startswith("cuda"):  # in the worker: the client probes on the CPU
+            set_tf32(spec.tf32)
         model = cls(load_module(spec, device, storage_options, expect), fields, spec, device)
         model.probe()
         return model
@@ -256,13 +281,7 @@ class Model:
         return torch.autocast(device_type=str(self.device).split(":")[0], dtype=dtype)
 
     def _tensor(self, a):
-        """A field's int32 matrix as a tensor without a copy: numpy, or a CUDA array
-        (``__cuda_array_interface__``, as GPU encoding produces)."""
-        import torch
-
-        if isinstance(a, np.ndarray):
-            return torch.from_numpy(a)
-        return torch.as_tensor(a, device=self.device)
+        return as_tensor(a, self.device)
 
     def _forward_tensors(self, tensors):
         """The model on int64 tensors (on ``self.device``): float32 scores (rows, k) there."""
@@ -315,6 +334,21 @@ class Model:
         if out is None:
             return np.empty((0, len(self.output_names or ["score"])), dtype=np.float32)
         return out.cpu().numpy()
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let float32 matrix products (cuBLAS) and convolutions (cuDNN) use TensorFloat-32.
+
+    Process-wide torch flags, set where a model is placed on CUDA (``model.tf32``).
+    Off sets cuDNN's flag off too (torch's default has it on), so that fp32 means
+    IEEE fp32 everywhere. The legacy ``allow_tf32`` flags, not torch 2.9's
+    ``fp32_precision``: the legacy setters keep both views consistent, while reading
+    a legacy flag after the new setters raises in torch 2.9+.
+    """
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def set_threads(torch_threads: int, interop_threads: int = 1) -> None:

@@ -32,7 +32,7 @@ from .encoding import FieldStats, check_field_type, check_fields, encode_table
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
-from .spec import Field, JobSpec, ModelSpec, SpecError
+from .spec import ENCODE_DEVICES, Field, JobSpec, ModelSpec, SpecError
 from .worker import DscorePlugin, relieve_memory, runtime, torch_threads_per_host
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class TaskSpec:
     # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
     storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
+    encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
 
     @property
     def columns(self) -> list[str]:
@@ -73,16 +74,18 @@ def score_table(table: pa.Table, task: TaskSpec, rt=None):
     rt = rt or runtime()
     vocab = rt.vocab(task)
     t0 = time.perf_counter()
-    arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers)
+    device = rt.encode_device(task)  # "auto" asks the model's device: may load it
     t1 = time.perf_counter()
-    model = rt.ready_model(task, arrays)
+    arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers_for(device), device=device)
     t2 = time.perf_counter()
-    scores = model.predict(arrays)
+    model = rt.ready_model(task, arrays)
     t3 = time.perf_counter()
+    scores = model.predict(arrays)
+    t4 = time.perf_counter()
     cols = {c: table.column(c) for c in task.id_columns}
     for i, name in enumerate(model.output_names):
         cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
-    seconds = {"encode": t1 - t0, "predict": t3 - t2, "tune": t2 - t1}
+    seconds = {"encode": t2 - t1, "predict": t4 - t3, "tune": (t1 - t0) + (t3 - t2)}
     return pa.table(cols), stats, seconds, {"batch_size": model.batch_size, "mode": model.mode}
 
 
@@ -187,7 +190,10 @@ def plan_job(job: JobSpec) -> Plan:
         vocab_fp=vocab.fingerprint() if vocab is not None else None,
         id_columns=tuple(job.id_columns),
         storage_options=so,
+        encode_device=job.encode_device,
     )
+    # CPU kernels only, as the probe above: CUDA is initialised in workers, never in
+    # the client (it may have no GPU; and a forked worker cannot use its parent's context).
     _warm_kernels(fs, paths[0], task, vocab)
     bad: list | None = [] if job.on_bad_input == "quarantine" else None
     pieces = plan_pieces(job, fs, paths, bad)
@@ -246,13 +252,26 @@ def _warm_kernels(fs, path, task: TaskSpec, vocab) -> None:
 
 
 # ---------------------------------------------------------------- cluster
+CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
+
+
 @contextmanager
-def connect(cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto"):
-    """A ``distributed.Client``: the given one, a new LocalCluster, or a running scheduler."""
+def connect(
+    cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto", resources=None
+):
+    """A ``distributed.Client``: the given one, a new LocalCluster, a LocalCUDACluster
+    (``local-cuda``: one worker per visible GPU), or a running scheduler. Workers of a
+    cluster started here offer ``resources`` (the job's), so that its tasks can run."""
     from distributed import Client, LocalCluster
 
     if client is not None:
         yield client
+        return
+    if cluster == "local-cuda":
+        with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, Client(lc) as c:
+            n = len(c.scheduler_info(n_workers=-1)["workers"])
+            print(f"dscore: local CUDA cluster of {n} GPU workers; dashboard {c.dashboard_link}", file=sys.stderr)
+            yield c
         return
     if cluster == "local":
         from .worker import host_cores
@@ -260,7 +279,8 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         n = workers or DEFAULT_LAYOUT["workers"](host_cores())
         t = threads_per_worker or (DEFAULT_LAYOUT["threads_per_worker"](host_cores()) if not workers else 1)
         with LocalCluster(
-            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0"
+            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
+            resources=resources,
         ) as lc, Client(lc) as c:
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
@@ -278,7 +298,43 @@ def connect(cluster: str = "local", client=None, *, workers=None, threads_per_wo
         with client as c:
             yield c
     else:
-        raise SpecError(f"cluster: expected 'local' or a scheduler address like tcp://host:8786, got {cluster!r}")
+        raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
+
+
+def local_cuda_cluster(workers=None, threads_per_worker=None, memory_limit="auto", resources=None):
+    """A ``dask_cuda.LocalCUDACluster``: one worker process per visible GPU (or the first
+    ``workers``), each pinned to its GPU by ``CUDA_VISIBLE_DEVICES``, with one thread
+    unless told otherwise. CUDA is initialised in those workers only, never here."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as e:
+        raise SpecError(
+            f"cluster: local-cuda needs dask-cuda, which cannot be imported here ({e}); "
+            "pip install 'dscore[gpu]' (or conda install dask-cuda), or use cluster: local"
+        ) from e
+    kwargs = {"threads_per_worker": threads_per_worker or 1, "memory_limit": memory_limit, "dashboard_address": ":0"}
+    if workers:
+        kwargs["n_workers"] = workers
+    if resources:
+        kwargs["resources"] = dict(resources)
+    return LocalCUDACluster(**kwargs)
+
+
+def check_resources(client, resources) -> None:
+    """Raise ``JobError`` unless a worker offers ``resources``: tasks that ask for what
+    no worker has would wait forever. (No workers yet is ``_submit``'s to handle.)"""
+    if not resources:
+        return
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    offered = [w.get("resources") or {} for w in workers.values()]
+    if not offered or any(all(have.get(k, 0) >= n for k, n in resources.items()) for have in offered):
+        return
+    names = sorted({k for have in offered for k in have})
+    raise JobError(
+        f"resources: every task asks for {dict(resources)}, but none of the {len(offered)} workers offers that "
+        f"(resources offered: {names or 'none'}); start workers with e.g. `dask worker --resources GPU=1`, "
+        "or drop the job's resources"
+    )
 
 
 # One process per 4 cores, a Dask thread per core, one torch thread each. Measured on
@@ -422,7 +478,8 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     label = spec.cluster if client is None else "client"
     if todo:
         with connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                     memory_limit=spec.memory_limit) as c:  # fmt: skip
+                     memory_limit=spec.memory_limit, resources=spec.resources) as c:  # fmt: skip
+            check_resources(c, spec.resources)
             register(c, spec.model.threads)
             threads = sum(c.nthreads().values()) or 1
             task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
@@ -458,6 +515,9 @@ def _submit(client, pieces, task, spec, token):
         quarantine=spec.on_bad_input == "quarantine",
         key=[f"dscore-score-{token}-{p.index}" for p in pieces],
         retries=spec.retries,
+        # Here, at submit time: with dask-expr, resources annotated while building a
+        # graph (dask.annotate) are silently dropped.
+        resources=dict(spec.resources) if spec.resources else None,
         pure=False,
     )
     pending, alone_since = set(futures), None
@@ -585,6 +645,9 @@ class Scorer:
         workers load tables themselves; they are never shipped in the graph).
     id_columns : sequence of str
         Columns copied to the output before the scores.
+    encode_device : {"auto", "cpu", "cuda"}
+        Where workers encode (``JobSpec``'s key of that name): ``auto`` on the GPU
+        when the model is on CUDA and numba.cuda can run kernels, else on the CPU.
 
     Examples
     --------
@@ -593,11 +656,15 @@ class Scorer:
     >>> scores = scorer.score(ddf)          # lazy: id columns + score columns  # doctest: +SKIP
     """
 
-    def __init__(self, model, fields, vocab=None, *, id_columns=(), storage_options=None, **model_options):
+    def __init__(
+        self, model, fields, vocab=None, *, id_columns=(), storage_options=None, encode_device="auto", **model_options
+    ):
         from .vocab import Vocabulary
 
         fields = tuple(fields)
         check_fields(fields)
+        if encode_device not in ENCODE_DEVICES:
+            raise ValueError(f"encode_device is {encode_device!r}; expected one of {', '.join(ENCODE_DEVICES)}")
         so = dict(storage_options or {})
         spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
         if isinstance(model, ModelSpec) and model_options:
@@ -618,6 +685,7 @@ class Scorer:
             vocab_fp=loaded.fingerprint() if loaded is not None else None,
             id_columns=tuple(id_columns),
             storage_options=so,
+            encode_device=encode_device,
         )
         try:
             self.outputs = Model.load(spec, fields, device="cpu", storage_options=so).output_names

@@ -11,6 +11,7 @@ import re
 from dataclasses import KW_ONLY, dataclass
 
 KINDS = ("delimited", "list", "scalar")
+ENCODE_DEVICES = ("auto", "cpu", "cuda")
 TRUNCATE = ("head", "tail")
 PAD = ("right", "left")
 # Indices are int32 and 0/1 are reserved, so buckets must leave 2 + (buckets - 1) < 2**31.
@@ -226,6 +227,15 @@ def _bytes(where, v):
     return _check(where, v, "a byte count like 64MiB or 67108864", _is_int(n) and n > 0)
 
 
+def _resources(where, v):
+    ok = v is None or (
+        isinstance(v, dict)
+        and all(isinstance(k, str) and k and isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0
+                for k, n in v.items())
+    )  # fmt: skip
+    return _check(where, v, "a mapping of resource name to a positive number, like {GPU: 1}, or null", ok)
+
+
 def _memory(where, v):
     ok = v is None or (_is_int(v) and v > 0) or (isinstance(v, str) and v != "")
     return _check(where, v, "a byte count like 4GB or 4000000000, 'auto' or null", ok)
@@ -277,6 +287,9 @@ class ModelSpec:
     an optimized mode is used only while it matches plain within ``tolerance``.
     ``precision: bf16 | fp16`` runs the forward pass under autocast (bf16 on CPU
     where torch supports it); ``dscore verify --against fp32`` shows what it costs.
+    ``tf32: true`` lets float32 matrix products and convolutions on CUDA use
+    TensorFloat-32 (faster on Ampere and later, about 1e-3 relative error); off by
+    default, so that fp32 means IEEE fp32. It has no effect on CPU.
     """
 
     path: str
@@ -291,6 +304,7 @@ class ModelSpec:
     optimize: str = "auto"
     tolerance: float = 1e-6
     precision: str = "fp32"
+    tf32: bool = False
     threads: int | None = None
     trust_model: bool = False
 
@@ -308,6 +322,7 @@ class ModelSpec:
         "optimize": _one_of("none", "freeze", "compile", "auto"),
         "tolerance": _pos_number,
         "precision": _one_of("fp32", "bf16", "fp16"),
+        "tf32": _bool,
         "threads": _opt_pos_int,
         "trust_model": _bool,
     }
@@ -334,6 +349,12 @@ class JobSpec:
 
     Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
     ``--set key=value``) over the job file over the defaults here.
+
+    ``encode_device``: ``auto`` encodes on the GPU when the worker's model is on CUDA
+    and numba.cuda can run kernels there, else on the CPU; ``cpu`` always on the CPU;
+    ``cuda`` always on the GPU (an error on a worker without one). ``cluster:
+    local-cuda`` starts a ``dask_cuda.LocalCUDACluster``: one worker per visible GPU.
+    ``resources`` (e.g. ``{GPU: 1}``) are Dask worker resources each task asks for.
     """
 
     input: tuple
@@ -345,6 +366,8 @@ class JobSpec:
     id_columns: tuple = ()
     storage_options: dict = dataclasses.field(default_factory=dict, repr=False)  # credentials
     cluster: str = "local"
+    encode_device: str = "auto"
+    resources: dict | None = None
     workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str | int | None = "auto"
@@ -363,6 +386,8 @@ class JobSpec:
         "id_columns": _str_list,
         "storage_options": _options,
         "cluster": _str,
+        "encode_device": _one_of(*ENCODE_DEVICES),
+        "resources": _resources,
         "workers": _opt_pos_int,
         "threads_per_worker": _opt_pos_int,
         "memory_limit": _memory,

@@ -31,14 +31,31 @@ class Runtime:
         self._local = threading.local()
         self._lock = threading.Lock()  # tasks on several threads must not load twice
         self.loads = collections.Counter()  # files actually read: "model", "vocab"
+        self.gpu_encode = False  # kernels.cuda holds device tables and buffers to free
 
     @property
     def buffers(self) -> dict:
         """Encode outputs reused partition after partition; one set per thread, since a
         worker may run several tasks at once."""
-        if not hasattr(self._local, "buffers"):
-            self._local.buffers = {}
-        return self._local.buffers
+        return self.buffers_for("cpu")
+
+    def buffers_for(self, device: str) -> dict:
+        """``buffers`` for encoding on ``device`` (host memory, or that GPU's memory)."""
+        per_device = self._local.__dict__.setdefault("buffers_by_device", {})
+        return per_device.setdefault(device, {})
+
+    def encode_device(self, task) -> str:
+        """Where this worker encodes ``task``'s rows (``encoding.resolve_encode_device``);
+        ``auto`` needs the model's device, so it loads the model."""
+        from .encoding import resolve_encode_device
+
+        requested = task.encode_device
+        if requested == "cpu":
+            return "cpu"
+        device = resolve_encode_device(requested, self.model(task).device)
+        if device != "cpu":
+            self.gpu_encode = True
+        return device
 
     def model(self, task):
         from .model import Model
@@ -84,10 +101,17 @@ class Runtime:
             return self.vocabs[key]
 
     def close(self) -> None:
+        """Drop the model, tables and buffers; hand GPU memory back (torch's cache, and
+        the GPU encoder's device tables and buffers when it was used)."""
         on_gpu = any(str(m.device).startswith("cuda") for m in self.models.values())
         self.models.clear()
         self.vocabs.clear()
         self._local = threading.local()
+        if self.gpu_encode:
+            from .kernels import cuda as kc
+
+            kc.clear()
+            self.gpu_encode = False
         if on_gpu:
             import torch
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
 
 import numpy as np
@@ -46,3 +48,23 @@ def check_exactly_once(demo, output, data_glob, rows):
     assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
     return out
+
+
+@contextlib.contextmanager
+def captured_logs(logger: str, level: int):
+    """The records ``logger`` emits at ``level`` and above inside the block.
+
+    caplog's stand-in: the suite also runs with ``-p no:logging``, which removes caplog.
+    """
+    records: list = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    log = logging.getLogger(logger)
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(min(level, old) if old else level)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)

@@ -14,27 +14,13 @@ from dscore import optimize as opt
 from dscore.demo import FIELDS
 from dscore.model import Model
 
+from .helpers import captured_logs
+
 
 @pytest.fixture(scope="module")
 def arrays(demo):
     table = pq.read_table(demo["root"] / "part-1.parquet")
     return encode(table, FIELDS, demo["vocab"])
-
-
-@pytest.fixture
-def optimize_log():
-    """Records of dscore.optimize at INFO and above (without pytest's logging plugin,
-    which ``-p no:logging`` turns off, and caplog with it)."""
-    records = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("dscore.optimize")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def load(demo, **options):
@@ -51,13 +37,14 @@ def test_scores_do_not_depend_on_the_batch_size(demo, arrays):
     assert np.abs(odd - outs[0]).max() <= 1e-6
 
 
-def test_autotune_picks_a_measured_candidate(demo, arrays, optimize_log):
+def test_autotune_picks_a_measured_candidate(demo, arrays):
     model = load(demo, batch_size="auto")
-    info = opt.prepare(model, arrays)
+    with captured_logs("dscore.optimize", logging.INFO) as records:
+        info = opt.prepare(model, arrays)
     rates = {int(k): v for k, v in info["batch_rates"].items()}
     assert set(rates) == {b for b in opt.CANDIDATE_BATCHES if b <= 2000}
     assert model.batch_size == max(rates, key=rates.get) == info["batch_size"]
-    assert any("batch" in r.getMessage() and "rows/s plain" in r.getMessage() for r in optimize_log)
+    assert any("batch" in r.getMessage() and "rows/s plain" in r.getMessage() for r in records)
 
 
 def test_fixed_batch_size_turns_autotuning_off(demo, arrays):
@@ -74,7 +61,7 @@ def test_freeze_is_exact(demo, arrays):
     assert np.abs(model.predict(arrays) - plain).max() <= 1e-6
 
 
-def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch, optimize_log):
+def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch):
     class Off(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -85,16 +72,18 @@ def test_guard_falls_back_when_scores_change(demo, arrays, monkeypatch, optimize
 
     monkeypatch.setitem(opt.BUILDERS, "freeze", lambda m: (Off(m.module), None))
     model = load(demo, batch_size=512, optimize="freeze")
-    opt.prepare(model, arrays)
+    with captured_logs("dscore.optimize", logging.WARNING) as records:
+        opt.prepare(model, arrays)
     assert model.mode == "none"
-    assert any("changes scores by up to 1.00e-03 > tolerance 1e-06" in r.getMessage() for r in optimize_log)
+    assert any("changes scores by up to 1.00e-03 > tolerance 1e-06" in r.getMessage() for r in records)
 
 
-def test_compile_needs_an_eager_model(demo, arrays, optimize_log):
+def test_compile_needs_an_eager_model(demo, arrays):
     model = load(demo, batch_size=512, optimize="compile")
-    opt.prepare(model, arrays)
+    with captured_logs("dscore.optimize", logging.WARNING) as records:
+        opt.prepare(model, arrays)
     assert model.mode == "none"
-    assert any("compile needs an eager or torch.export model" in r.getMessage() for r in optimize_log)
+    assert any("compile needs an eager or torch.export model" in r.getMessage() for r in records)
 
 
 def test_auto_compiles_only_long_jobs(demo, arrays):

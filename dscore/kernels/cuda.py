@@ -608,15 +608,20 @@ def cuda_available() -> bool:
     return bool(cuda.is_available())
 
 
-def _require_device() -> None:
-    if cuda.is_available():
-        return
+def unavailable_reason() -> str:
+    """Why numba.cuda cannot run kernels here, in one line (for error and log messages)."""
     reason = cuda.cuda_error()
     if reason is None:
         from numba.cuda.cudadrv import nvvm
 
         reason = "no CUDA GPU is visible to this process" if nvvm.is_available() else "libNVVM is not installed"
-    reason = " ".join(str(reason).split())
+    return " ".join(str(reason).split())
+
+
+def _require_device() -> None:
+    if cuda.is_available():
+        return
+    reason = unavailable_reason()
     raise RuntimeError(
         f"encoding on the GPU needs a CUDA device, and numba.cuda found none ({reason}). "
         "Install the NVIDIA driver (and numba-cuda) where the workers run, or set encode_device: cpu"
@@ -653,7 +658,7 @@ def device_tables(arrays: tuple) -> tuple:
     return dev
 
 
-class _Workspace(threading.local):
+class _Workspace:
     """Per host thread: a stream and grow-only buffers reused across calls.
 
     Pinned host memory and device memory are slow to allocate (and allocation
@@ -700,13 +705,19 @@ class _Workspace(threading.local):
         return self.counts.copy()
 
 
-_WORKSPACE = _Workspace()
+# One workspace per host thread, in a plain dict rather than a threading.local, so
+# that clear() (called at worker teardown, on another thread than the tasks ran on)
+# can drop every thread's buffers.
+_WORKSPACES: dict[int, _Workspace] = {}
 
 
 def _workspace() -> _Workspace:
     _require_device()
-    _WORKSPACE.setup()
-    return _WORKSPACE
+    ws = _WORKSPACES.get(threading.get_ident())
+    if ws is None:
+        ws = _WORKSPACES.setdefault(threading.get_ident(), _Workspace())
+    ws.setup()
+    return ws
 
 
 def _launch(kernel, n, ws, *args):
@@ -810,10 +821,17 @@ def gather_rows_cuda(codes, valid, valid_off, dict_out, dict_tokens, *, out=None
 
 
 def clear() -> None:
-    """Drop the cached device tables and this thread's buffers (e.g. at worker teardown)."""
+    """Drop the cached device tables and every thread's buffers and stream (e.g. at
+    worker teardown); a call in flight keeps its own until it returns."""
     with _TABLES_LOCK:
         _TABLES.clear()
-    _WORKSPACE.__init__()
+    _WORKSPACES.clear()
+    if cuda.is_available():
+        # numba frees device memory in batches; hand what was just dropped back now
+        try:
+            cuda.current_context().deallocations.clear()
+        except AttributeError:  # the simulator keeps no such list
+            pass
 
 
 __all__ = [
@@ -824,4 +842,5 @@ __all__ = [
     "encode_rows_cuda",
     "gather_rows",
     "gather_rows_cuda",
+    "unavailable_reason",
 ]
