@@ -76,15 +76,10 @@ def _cluster(layout: Layout):
     return cluster, Client(cluster)
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_dscore(job: str, layout: Layout, **overrides) -> dict:
     """``dscore.run`` on a fresh LocalCluster of ``layout``; rows/s over the job's wall time."""
     from . import pipeline
+    from .worker import peak_rss
 
     cluster, client = _cluster(layout)
     try:
@@ -93,7 +88,7 @@ def run_dscore(job: str, layout: Layout, **overrides) -> dict:
             job, client=client, overwrite=True, progress=False, **{"model.threads": layout.torch_threads, **overrides}
         )
         wall = time.perf_counter() - t
-        peak = sum(client.run(_peak_rss).values())
+        peak = sum(client.run(peak_rss).values())
     finally:
         client.close()
         cluster.close()

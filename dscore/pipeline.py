@@ -33,7 +33,7 @@ from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
 from .spec import ENCODE_DEVICES, Field, JobSpec, ModelSpec, SpecError
-from .worker import DscorePlugin, relieve_memory, runtime, torch_threads_per_host
+from .worker import DscorePlugin, peak_rss, relieve_memory, runtime, torch_threads_per_host
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
         "model": execution,
         # The worker's memory after each partition, so that a leak shows in the manifest.
         "worker_rss": psutil.Process().memory_info().rss,
+        "worker_peak_rss": peak_rss(),
     }
     out.write_part(piece.index, scored, {**record, "seconds": dict(seconds)})
     seconds["write"] = time.perf_counter() - t2
@@ -399,7 +400,7 @@ class Report:
         lines.append(
             "  task time: "
             + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
-            + f"; largest worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
+            + f"; peak worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
         )
         if self.model.get("execution"):
             lines.append(f"  model: {'; '.join(self.model['execution'])}")
@@ -595,7 +596,7 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Rep
             "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
         },
         cluster=label,
-        peak_worker_rss=max((r.get("worker_rss", 0) for r in this_run), default=0),
+        peak_worker_rss=max((r.get("worker_peak_rss", 0) for r in this_run), default=0),
     )
     out.write_json(REPORT, report.to_dict())
     return report

@@ -137,6 +137,25 @@ def runtime() -> Runtime:
 RELEASE_AT = 0.6  # of the worker's memory limit
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes since it started.
+
+    Linux's VmHWM, not ``getrusage``'s ru_maxrss: a worker that Dask spawns keeps the
+    ru_maxrss of the process that forked it (measured: 1.4 GB in a 290 MB worker).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def relieve_memory() -> None:
     """Near the worker's memory limit, hand Arrow's freed memory back to the system.
 

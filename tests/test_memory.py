@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 
 import numpy as np
 import pyarrow as pa
@@ -17,16 +16,13 @@ import pytest
 
 import dscore
 from dscore.demo import make_table, package_names
+from dscore.worker import peak_rss
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 # Per worker. An idle worker holds ~450 MiB (torch, numba, LLVM, the model); one that
 # has to compile a kernel needs ~250 MiB more for a moment; the rest is partitions.
 LIMIT = 1_200_000_000
-
-
-def _peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def wide_table(rows, seed, first_id, apps):
@@ -54,7 +50,7 @@ def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0") as lc, Client(lc) as c:
         pid = list(c.run(os.getpid).values())[0]
         report = dscore.run(job, client=c, progress=False)
-        peak = list(c.run(_peak_rss).values())[0]
+        peak = list(c.run(peak_rss).values())[0]
         assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
     print(f"\nout of core: {decoded / 2**30:.2f} GiB decoded input ({decoded / LIMIT:.1f}x the limit), {rows:,} rows, "
           f"worker peak RSS {peak / 2**20:.0f} MiB of a {LIMIT / 2**20:.0f} MiB limit, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
