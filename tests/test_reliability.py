@@ -147,18 +147,26 @@ def test_worker_killed_mid_job(demo, many, client, tmp_path):
 
 
 class KillWorkerAfterStartup(KillWorker):
-    """KillWorker, armed a second after the worker starts.
+    """KillWorker, armed a second after the worker is up.
 
-    KillWorker arms its timer while a restarted worker is still starting; a kill that
-    lands before the nanny has seen the worker up leaves that nanny without a worker
-    for good (distributed logs "Failed to restart worker"). Mode "segfault" because
-    after "sys.exit" the worker exits with status 0, which the nanny takes for a
-    deliberate close and does not restart.
+    KillWorker arms its timer inside the worker's startup; a kill that lands before the
+    nanny has seen the worker up leaves that nanny without a worker for good
+    (distributed logs "Failed to restart worker"), and on a loaded machine startup is
+    slow. So the timer is armed, without holding up startup, once the worker runs.
+    Mode "segfault" because after "sys.exit" the worker exits with status 0, which the
+    nanny takes for a deliberate close and does not restart.
     """
 
     async def setup(self, worker):
-        await asyncio.sleep(1.0)
-        await super().setup(worker)
+        from distributed.core import Status
+
+        async def arm():
+            while worker.status != Status.running:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            await KillWorker.setup(self, worker)
+
+        self._arming = asyncio.ensure_future(arm())
 
 
 def test_chaos_killworker_repeatedly(demo, many, tmp_path):
@@ -180,9 +188,9 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
                 seen |= set(c.scheduler_info(n_workers=-1)["workers"])  # a restarted worker has a new address
                 time.sleep(0.05)
             thread.join(120)  # (the chaos plugin goes with the cluster)
-    assert not thread.is_alive(), "the job did not finish while workers were being killed"
-    assert "error" not in box, box.get("error")
     kills = len(seen) - 2
+    assert not thread.is_alive(), f"the job did not finish while workers were being killed ({kills} kills)"
+    assert "error" not in box, f"{kills} kills; {box.get('error')!r}"
     assert kills >= 2, f"only {kills} worker kills observed; the test did not exercise worker loss"
     check_exactly_once(demo, job["output"], job["input"], 72 * 400)
 
