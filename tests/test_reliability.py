@@ -192,6 +192,7 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     assert not thread.is_alive(), f"the job did not finish while workers were being killed ({kills} kills)"
     assert "error" not in box, f"{kills} kills; {box.get('error')!r}"
     assert kills >= 2, f"only {kills} worker kills observed; the test did not exercise worker loss"
+    print(f"\nchaos: {kills} workers killed (segfault) during the job")
     check_exactly_once(demo, job["output"], job["input"], 72 * 400)
 
 
