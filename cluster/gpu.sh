@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # ---- Defaults (re-tune from measurements; docs/scaling.md)
-DEFAULT_THREADS=1         # Dask threads per GPU worker: one stream of batches per GPU
+DEFAULT_THREADS=auto      # Dask threads per GPU worker: the cores shared among the GPUs, at least 2
 DEFAULT_TORCH_THREADS=1   # CPU-side torch/OpenMP/MKL/Numba threads per Dask thread
 DEFAULT_MEMORY_LIMIT=auto # host memory per worker before it spills to disk
 DEFAULT_HOST=127.0.0.1
@@ -37,7 +37,8 @@ Needs dask-cuda (environment-gpu.yml, or pip install 'dscore[gpu]') and NVIDIA G
 
 Options:
   --devices LIST         GPUs to use, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all)
-  --threads T            Dask threads per GPU worker (default: $DEFAULT_THREADS)
+  --threads T            Dask threads per GPU worker (default: $DEFAULT_THREADS, the
+                         cores divided among the GPUs, at least 2)
   --torch-threads K      CPU threads per Dask thread, exported to workers as
                          DSCORE_TORCH_THREADS and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS
                          (default: $DEFAULT_TORCH_THREADS)
@@ -100,7 +101,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-require_int --threads "$threads" 1
+[[ $threads == auto ]] || require_int --threads "$threads" 1
 require_int --torch-threads "$torch_threads" 1
 require_int --port "$port" 0
 require_int --timeout "$timeout" 1
@@ -123,6 +124,12 @@ if [[ -n $devices ]]; then
 else
     n_workers=$n_gpus
     device_env=()
+fi
+# One reads and decodes the next partition on the host while another encodes and
+# scores on the GPU, each on its own CUDA stream; feeding a GPU takes many readers.
+if [[ $threads == auto ]]; then
+    threads=$(($(nproc) / n_workers))
+    ((threads >= 2)) || threads=2
 fi
 
 scheduler_tls=() worker_tls=() protocol=()

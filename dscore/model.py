@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io as _io
+import contextlib
 import logging
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -308,32 +310,55 @@ class Model:
 
     def predict(self, arrays: dict, batch_size: int | None = None) -> np.ndarray:
         """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len), numpy or
-        CUDA), as float32 (rows, k) numpy. On a GPU, micro-batches are queued without a
-        synchronisation: the one copy of the scores to the host at the end waits for them."""
+        CUDA), as float32 (rows, k) numpy. On a GPU, micro-batches are queued on this
+        thread's CUDA stream without a synchronisation: the one copy of the scores to
+        the host at the end waits for them."""
         import torch
 
-        inputs = [self._tensor(arrays[n]) for n in self.field_names]
-        rows = inputs[0].shape[0]
-        bs = batch_size or self.batch_size
-        out = None
-        for start in range(0, rows, bs):
-            stop = min(rows, start + bs)
-            n = stop - start
-            batch = [t[start:stop].to(self.device, torch.int64, non_blocking=True) for t in inputs]
-            # A compiled model has one static shape: pad to bs. Otherwise pad a short
-            # last batch to a multiple of PAD_ROWS: CPU GEMM kernels differ in the last
-            # ulp between a row block and its remainder, and with every batch a whole
-            # number of blocks a row's score does not depend on the batch size (tested).
-            size = bs if self.pad else -(-n // PAD_ROWS) * PAD_ROWS
-            if size > n:
-                batch = [torch.cat([b, b.new_full((size - n, b.shape[1]), PROBE_INDEX)]) for b in batch]
-            y = self._forward_tensors(batch)[:n]
+        on_gpu = str(self.device).startswith("cuda")
+        with torch.cuda.stream(thread_stream(self.device)) if on_gpu else contextlib.nullcontext():
+            inputs = [self._tensor(arrays[n]) for n in self.field_names]
+            rows = inputs[0].shape[0]
+            bs = batch_size or self.batch_size
+            out = None
+            for start in range(0, rows, bs):
+                stop = min(rows, start + bs)
+                n = stop - start
+                batch = [t[start:stop].to(self.device, torch.int64, non_blocking=True) for t in inputs]
+                # A compiled model has one static shape: pad to bs. Otherwise pad a short
+                # last batch to a multiple of PAD_ROWS: CPU GEMM kernels differ in the last
+                # ulp between a row block and its remainder, and with every batch a whole
+                # number of blocks a row's score does not depend on the batch size (tested).
+                size = bs if self.pad else -(-n // PAD_ROWS) * PAD_ROWS
+                if size > n:
+                    batch = [torch.cat([b, b.new_full((size - n, b.shape[1]), PROBE_INDEX)]) for b in batch]
+                y = self._forward_tensors(batch)[:n]
+                if out is None:
+                    out = torch.empty((rows, y.shape[1]), dtype=torch.float32, device=y.device)
+                out[start:stop] = y
             if out is None:
-                out = torch.empty((rows, y.shape[1]), dtype=torch.float32, device=y.device)
-            out[start:stop] = y
-        if out is None:
-            return np.empty((0, len(self.output_names or ["score"])), dtype=np.float32)
-        return out.cpu().numpy()
+                return np.empty((0, len(self.output_names or ["score"])), dtype=np.float32)
+            return out.cpu().numpy()
+
+
+_STREAMS = threading.local()
+
+
+def thread_stream(device):
+    """This thread's CUDA stream on ``device``.
+
+    A GPU worker runs two Dask threads (``GPU_THREADS_PER_WORKER``): while one reads
+    and decodes its next partition on the host, the other's encode kernels and
+    micro-batches run on the GPU; with a stream per thread, neither queues behind the
+    other's work. (GPU encoding uses its own per-thread stream and synchronises it
+    before predict starts.)
+    """
+    import torch
+
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device=device)
+    return streams[device]
 
 
 def set_tf32(enabled: bool) -> None:

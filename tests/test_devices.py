@@ -169,11 +169,15 @@ def test_local_cuda_cluster_arguments(monkeypatch):
 
     seen = {}
     monkeypatch.setitem(sys.modules, "dask_cuda", SimpleNamespace(LocalCUDACluster=lambda **kw: seen.update(kw)))
+    monkeypatch.setitem(sys.modules, "dask_cuda.utils", SimpleNamespace(get_n_gpus=lambda: 4))
+    monkeypatch.setattr(pipeline, "host_cores", lambda: 16)
     pipeline.local_cuda_cluster()
-    assert seen == {"threads_per_worker": 1, "memory_limit": "auto", "dashboard_address": ":0"}  # n_workers: one per GPU
+    # n_workers: one per GPU (dask-cuda's default); the cores shared among the GPUs
+    assert seen == {"threads_per_worker": 4, "memory_limit": "auto", "dashboard_address": ":0"}
     pipeline.local_cuda_cluster(workers=2, threads_per_worker=3, memory_limit="8GB", resources={"GPU": 1})
     assert seen["n_workers"] == 2 and seen["threads_per_worker"] == 3 and seen["memory_limit"] == "8GB"
     assert seen["resources"] == {"GPU": 1}  # a cluster dscore starts offers what its tasks ask for
+    assert pipeline.gpu_threads_per_worker(8, 16) == 2 and pipeline.gpu_threads_per_worker(1, 16) == 16
 
 
 class _Workers:
