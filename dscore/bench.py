@@ -212,7 +212,7 @@ def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str =
     return run_model_modes(job, layout, [(variant, mode, batch_size)], seconds)[0]
 
 
-def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192)) -> list:
+def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192, 16384)) -> list:
     plan = [("torchscript", "none", b) for b in batches]
     plan += [("torchscript", "freeze", b) for b in batches]
     plan += [("eager", "none", b) for b in compile_batches]
