@@ -147,15 +147,24 @@ def test_worker_killed_mid_job(demo, many, client, tmp_path):
 
 
 class KillWorkerAfterStartup(KillWorker):
-    """KillWorker, armed a second after the worker is up.
+    """KillWorker, armed a second after the worker is up, for at most ``kills`` kills.
 
     KillWorker arms its timer inside the worker's startup; a kill that lands before the
     nanny has seen the worker up leaves that nanny without a worker for good
     (distributed logs "Failed to restart worker"), and on a loaded machine startup is
     slow. So the timer is armed, without holding up startup, once the worker runs.
-    Mode "segfault" because after "sys.exit" the worker exits with status 0, which the
-    nanny takes for a deliberate close and does not restart.
+    Each kill leaves a file in ``record_dir`` first: the count bounds the test's length
+    (every restart costs seconds) and says how many kills happened. Mode "segfault"
+    because after "sys.exit" the worker exits with status 0, which the nanny takes for
+    a deliberate close and does not restart.
     """
+
+    def __init__(self, delay, mode, record_dir, kills):
+        super().__init__(delay=delay, mode=mode)
+        self.record_dir, self.kills = str(record_dir), kills
+
+    def _budget_left(self) -> bool:
+        return len(os.listdir(self.record_dir)) < self.kills
 
     async def setup(self, worker):
         from distributed.core import Status
@@ -164,9 +173,15 @@ class KillWorkerAfterStartup(KillWorker):
             while worker.status != Status.running:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)
-            await KillWorker.setup(self, worker)
+            if self._budget_left():
+                await KillWorker.setup(self, worker)
 
         self._arming = asyncio.ensure_future(arm())
+
+    def segfault(self):
+        if self._budget_left():
+            open(os.path.join(self.record_dir, str(os.getpid())), "w").close()
+            super().segfault()
 
 
 def test_chaos_killworker_repeatedly(demo, many, tmp_path):
@@ -175,12 +190,14 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     from distributed import Client, LocalCluster
 
     apps = package_names(5000)
-    for i in range(72):  # long enough for several kills: 288 partitions of 100 rows
+    for i in range(72):  # 288 partitions of 100 rows: ~5 s without kills
         pq.write_table(make_table(400, seed=500 + i, first_id=400 * i, apps=apps), tmp_path / f"c{i:02d}.parquet", row_group_size=100)
     job = {**many["job"], "input": str(tmp_path / "c*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 100}
+    killed = tmp_path / "killed"
+    killed.mkdir()
     with dask.config.set({"distributed.scheduler.allowed-failures": 50}):
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as c:
-            c.register_plugin(KillWorkerAfterStartup(delay="1s", mode="segfault"), name="chaos")
+            c.register_plugin(KillWorkerAfterStartup("0.5s", "segfault", killed, kills=4), name="chaos")
             seen = set()
             thread, box = run_in_thread(job, c)
             deadline = time.time() + 400
@@ -188,10 +205,11 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
                 seen |= set(c.scheduler_info(n_workers=-1)["workers"])  # a restarted worker has a new address
                 time.sleep(0.05)
             thread.join(120)  # (the chaos plugin goes with the cluster)
-    kills = len(seen) - 2
+    kills = len(os.listdir(killed))
     assert not thread.is_alive(), f"the job did not finish while workers were being killed ({kills} kills)"
     assert "error" not in box, f"{kills} kills; {box.get('error')!r}"
-    assert kills >= 2, f"only {kills} worker kills observed; the test did not exercise worker loss"
+    assert kills >= 2, f"only {kills} worker kills; the test did not exercise worker loss"
+    assert len(seen) > 2  # killed workers were replaced while the job ran
     print(f"\nchaos: {kills} workers killed (segfault) during the job")
     check_exactly_once(demo, job["output"], job["input"], 72 * 400)
 
