@@ -128,7 +128,7 @@ fi
 # One reads and decodes the next partition on the host while another encodes and
 # scores on the GPU, each on its own CUDA stream; feeding a GPU takes many readers.
 if [[ $threads == auto ]]; then
-    threads=$(($(nproc) / n_workers))
+    threads=$(($(ncores) / n_workers))
     ((threads >= 2)) || threads=2
 fi
 

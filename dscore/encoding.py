@@ -301,16 +301,23 @@ def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, de
         from . import encoding_cuda  # numba.cuda only when asked for
 
         return encoding_cuda.encode_table(table, fields, vocab, buffers=buffers, device=device)
+    return _encode_fields(table, fields, vocab, buffers, _output, _encode_array)
+
+
+def _encode_fields(table: pa.Table, fields, vocab, buffers, output, encode_array):
+    """Each field's column, chunk by chunk, through ``encode_array`` into the matrix
+    ``output`` gives: ``(arrays, stats)``. One loop for both devices (the CUDA path
+    passes its own ``output`` and ``encode_array``)."""
     uni = unicode_tables()
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict = {}
     stats: dict[str, FieldStats] = {}
     for field in fields:
         col, buckets, lk = _field_inputs(table, field, vocab)
-        out = _output(buffers, field, table.num_rows)
+        out = output(buffers, field, table.num_rows)
         counts = np.zeros(4, dtype=np.int64)
         row = 0
         for chunk in col.chunks:
-            _encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
+            encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
             row += len(chunk)
         arrays[field.name] = out
         stats[field.name] = FieldStats(table.num_rows, *(int(c) for c in counts))

@@ -21,11 +21,10 @@ import pyarrow as pa
 from numba import cuda
 
 from .encoding import (
-    FieldStats,
     _as_strings,
     _bits,
     _cell_rows,
-    _field_inputs,
+    _encode_fields,
     _is_list,
     _list_rows,
     _readonly,
@@ -33,7 +32,6 @@ from .encoding import (
     _spec,
 )
 from .kernels import cuda as kc
-from .kernels.unicode import tables as unicode_tables
 from .spec import Field
 
 
@@ -80,18 +78,5 @@ def encode_table(table: pa.Table, fields: Sequence[Field], vocab=None, *, buffer
     """``dscore.encoding.encode_table`` on GPU ``device``: ``(arrays, stats)`` with
     int32 ``(rows, max_len)`` numba device arrays. ``table`` is a checked ``pa.Table``."""
     kc._require_device()  # the clear error, before numba's own for cuda.gpus
-    uni = unicode_tables()
-    arrays: dict = {}
-    stats: dict[str, FieldStats] = {}
     with _on(device):
-        for field in fields:
-            col, buckets, lk = _field_inputs(table, field, vocab)
-            out = _output(buffers, field, table.num_rows)
-            counts = np.zeros(4, dtype=np.int64)
-            row = 0
-            for chunk in col.chunks:
-                _encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
-                row += len(chunk)
-            arrays[field.name] = out
-            stats[field.name] = FieldStats(table.num_rows, *(int(c) for c in counts))
-    return arrays, stats
+        return _encode_fields(table, fields, vocab, buffers, _output, _encode_array)

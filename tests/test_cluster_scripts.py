@@ -442,40 +442,22 @@ def check_job_script(script: str) -> None:
     assert lines.index(exports[-1]) < lines.index(worker)
 
 
-def test_slurm_py_dry_run_prints_the_job_script():
-    proc = run(
-        [sys.executable, CLUSTER / "slurm.py", *JOB_ARGS, "--job-extra=--gres=gpu:1"]
-    )
+@pytest.mark.parametrize(
+    "script, extra, prefix, directives",
+    [
+        ("slurm.py", "--gres=gpu:1", "#SBATCH",
+         ["--cpus-per-task=8", "--mem=16G", "-t 02:00:00", "-p q1", "-A acct", "--gres=gpu:1"]),
+        ("pbs.py", "-l ngpus=1", "#PBS",
+         ["-l select=1:ncpus=8:mem=16GB", "-l walltime=02:00:00", "-q q1", "-A acct", "-l ngpus=1"]),
+    ],
+)  # fmt: skip
+def test_jobqueue_dry_run_prints_the_job_script(script, extra, prefix, directives):
+    proc = run([sys.executable, CLUSTER / script, *JOB_ARGS, f"--job-extra={extra}"])
     assert proc.returncode == 0, proc.stderr
-    script = proc.stdout
-    check_job_script(script)
-    for directive in (
-        "--cpus-per-task=8",
-        "--mem=16G",
-        "-t 02:00:00",
-        "-p q1",
-        "-A acct",
-        "--gres=gpu:1",
-    ):
-        assert f"#SBATCH {directive}" in script
+    check_job_script(proc.stdout)
+    for directive in directives:
+        assert f"{prefix} {directive}" in proc.stdout
     assert "3 job(s)" in proc.stderr
-
-
-def test_pbs_py_dry_run_prints_the_job_script():
-    proc = run(
-        [sys.executable, CLUSTER / "pbs.py", *JOB_ARGS, "--job-extra=-l ngpus=1"]
-    )
-    assert proc.returncode == 0, proc.stderr
-    script = proc.stdout
-    check_job_script(script)
-    for directive in (
-        "-l select=1:ncpus=8:mem=16GB",
-        "-l walltime=02:00:00",
-        "-q q1",
-        "-A acct",
-        "-l ngpus=1",
-    ):
-        assert f"#PBS {directive}" in script
 
 
 def test_jobqueue_launchers_check_the_layout():

@@ -97,17 +97,22 @@ CELL_LAYOUTS = ["string", "large_string", "view", "dictionary", "dictionary_larg
 LIST_LAYOUTS = ["list", "large_list", "list_large", "list_dict", "list_view"]
 
 
+def draw_case(data, field):
+    """``(values, layout, seed)`` for ``field``: drawn from ``data``, or the pinned
+    example (separators at the ends and doubled, Unicode whitespace and case) when
+    ``data`` is None."""
+    if data is None:
+        return [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c"], "string", 0
+    values = data.draw(cells(field.sep, field.kind))
+    layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
+    return values, layout, data.draw(st.integers(0, 2**32 - 1))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), field=fields())
 @example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
 def test_encode_matches_naive(data, field):
-    if data is None:  # pinned example
-        values = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c"]
-        layout, seed = "string", 0
-    else:
-        values = data.draw(cells(field.sep, field.kind))
-        layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
-        seed = data.draw(st.integers(0, 2**32 - 1))
+    values, layout, seed = draw_case(data, field)
     rng = np.random.default_rng(seed)
     mapping = vocabulary_for(values, field, seed)
     col = arrow_column(values, field.kind, layout, rng)

@@ -30,7 +30,7 @@ from dscore.kernels import cuda as kc
 from dscore.kernels.unicode import tables
 
 from .. import naive
-from ..test_encode import CELL_LAYOUTS, LIST_LAYOUTS, WHITESPACE, arrow_column, as_vocab, cells, fields, vocabulary_for
+from ..test_encode import WHITESPACE, arrow_column, as_vocab, draw_case, fields, vocabulary_for
 
 pytestmark = [
     pytest.mark.skipif(not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"),
@@ -93,13 +93,7 @@ def check(values, field, layout, seed):
 @given(data=st.data(), field=fields())
 @example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
 def test_cuda_matches_cpu_and_naive(data, field):
-    if data is None:
-        values = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c"]
-        layout, seed = "string", 0
-    else:
-        values = data.draw(cells(field.sep, field.kind))
-        layout = data.draw(st.sampled_from(LIST_LAYOUTS if field.kind == "list" else CELL_LAYOUTS))
-        seed = data.draw(st.integers(0, 2**32 - 1))
+    values, layout, seed = draw_case(data, field)
     check(values, field, layout, seed)
 
 
