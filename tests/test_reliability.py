@@ -190,8 +190,10 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     from distributed import Client, LocalCluster
 
     apps = package_names(5000)
-    for i in range(72):  # 288 partitions of 100 rows: ~5 s without kills
-        pq.write_table(make_table(400, seed=500 + i, first_id=400 * i, apps=apps), tmp_path / f"c{i:02d}.parquet", row_group_size=100)
+    # 864 partitions of 100 rows, ~15 s without kills: long enough that the kills
+    # (at most 4, each about a second after a worker is up) land while it runs.
+    for i in range(72):
+        pq.write_table(make_table(1200, seed=500 + i, first_id=1200 * i, apps=apps), tmp_path / f"c{i:02d}.parquet", row_group_size=100)
     job = {**many["job"], "input": str(tmp_path / "c*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 100}
     killed = tmp_path / "killed"
     killed.mkdir()
@@ -211,7 +213,7 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     assert kills >= 2, f"only {kills} worker kills; the test did not exercise worker loss"
     assert len(seen) > 2  # killed workers were replaced while the job ran
     print(f"\nchaos: {kills} workers killed (segfault) during the job")
-    check_exactly_once(demo, job["output"], job["input"], 72 * 400)
+    check_exactly_once(demo, job["output"], job["input"], 72 * 1200)
 
 
 def test_killed_dscore_process_then_resume(demo, many, tmp_path):
