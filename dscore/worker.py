@@ -10,6 +10,9 @@ threaded scheduler, a test) it is created on first use and leaves threads alone.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import os
@@ -127,6 +130,7 @@ def runtime() -> Runtime:
     if _RUNTIME is None:
         _RUNTIME = Runtime()
         if _in_dask_worker():
+            tune_malloc()
             log.warning(
                 "dscore's worker plugin is not registered on this worker, so torch's threads are not "
                 "set for it; call Scorer.register(client) (dscore.run does this) before computing"
@@ -135,6 +139,38 @@ def runtime() -> Runtime:
 
 
 RELEASE_AT = 0.6  # of the worker's memory limit
+
+# glibc picks its mmap and trim thresholds dynamically (up to 32 MiB and 64 MiB on
+# 64-bit) until any MALLOC_*_ variable is set. Dask's nanny spawns every worker with
+# MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ), which freezes
+# the mmap threshold at 128 KiB and trims heaps above 64 KiB free: every micro-batch's
+# (batch, positions, dim) intermediate then comes from fresh zero-filled pages, mapped
+# and unmapped on each call (~1000 page faults a call for a batch of 256 x 64 tokens),
+# and models ran 3-4x slower in workers than in a plain process. dscore sets glibc's
+# own dynamic ceilings instead, and trims explicitly near the memory limit
+# (``relieve_memory``), which is what bounds a worker's memory.
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # glibc only (not musl, not macOS)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_malloc() -> bool:
+    """Give this process glibc's default-like malloc thresholds; False where not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
 
 
 def peak_rss() -> int:
@@ -157,10 +193,11 @@ def peak_rss() -> int:
 
 
 def relieve_memory() -> None:
-    """Near the worker's memory limit, hand Arrow's freed memory back to the system.
+    """Near the worker's memory limit, hand freed memory back to the system.
 
-    Arrow's allocator keeps freed memory for reuse, so a worker's footprint drifts
-    up to its largest partitions'. Releasing it after every partition costs about
+    Arrow's allocator keeps freed memory for reuse, and glibc keeps up to
+    ``MALLOC_TRIM_THRESHOLD`` free at the top of each heap, so a worker's footprint
+    drifts up to its largest partitions'. Releasing after every partition costs about
     10% throughput (measured), so it is done only above ``RELEASE_AT`` of the limit.
     """
     import psutil
@@ -174,6 +211,9 @@ def relieve_memory() -> None:
         return
     if limit and psutil.Process().memory_info().rss > RELEASE_AT * limit:
         pa.default_memory_pool().release_unused()
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)
 
 
 def _in_dask_worker() -> bool:
@@ -228,6 +268,8 @@ class DscorePlugin(WorkerPlugin):
         if not threads:
             threads = default_torch_threads(worker.state.nthreads, host_cores(), 1)
         set_threads(threads)
+        if not tune_malloc():
+            log.info("dscore worker %s: not glibc, malloc thresholds left as they are", worker.address)
         _RUNTIME = Runtime(threads)
         log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)
 
