@@ -9,6 +9,7 @@ must be deterministic for the same input.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io as _io
 import os
 import posixpath
@@ -238,6 +239,65 @@ def read_piece(fs, piece: Piece, columns: list[str]) -> pa.Table:
             raise InputError(piece.url, None, missing[0], "column is missing from the file")
         table = table.select(columns)
     return table
+
+
+def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None):
+    """``read_piece`` as one table, or, when its row groups decode to more than
+    ``max_bytes`` (a piece is at least one row group, and a writer may make one row
+    group of millions of rows), as consecutive tables of about ``max_bytes`` each,
+    streamed from the file in record batches: a worker's memory then bounds the
+    partition size, not the input's row-group size. Errors are ``InputError``.
+    """
+    if piece.format != "parquet" or not max_bytes:
+        yield read_piece(fs, piece, columns)
+        return
+    rgs = (piece.rg_start, piece.rg_stop)
+    with _input_errors(piece.url, rgs):
+        f = fs.open(fs._strip_protocol(piece.url), "rb")
+    with f:
+        with _input_errors(piece.url, rgs):
+            # Buffered reads, so that a column chunk is not read into memory whole.
+            pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER)
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
+            meta, wanted = pf.metadata, set(columns)
+            nbytes = sum(
+                meta.row_group(rg).column(i).total_uncompressed_size
+                for rg in range(*rgs)
+                for i in range(meta.num_columns)
+                if meta.row_group(rg).column(i).path_in_schema.split(".")[0] in wanted
+            )
+            if nbytes <= max_bytes:
+                table = pf.read_row_groups(range(*rgs), columns=columns)
+        if nbytes <= max_bytes:
+            yield table
+            return
+        rows = sum(meta.row_group(rg).num_rows for rg in range(*rgs))
+        batches = pf.iter_batches(
+            batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // nbytes), row_groups=range(*rgs), columns=columns,
+            use_threads=False,
+        )  # fmt: skip
+        while True:
+            with _input_errors(piece.url, rgs):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield pa.Table.from_batches([batch])
+
+
+STREAM_BUFFER = 1 << 23
+MIN_STREAM_ROWS = 4096
+
+
+@contextlib.contextmanager
+def _input_errors(url, rgs):
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(url, rgs, None, f"{type(e).__name__}: {e}") from e
 
 
 def read_schema(fs, path: str) -> pa.Schema:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from distributed import WorkerPlugin
 
@@ -88,20 +89,58 @@ class Runtime:
         return model
 
     def vocab(self, task):
+        """``task``'s mapping tables. With ``task.vocab_fp`` None (``warm``): those held
+        for its path, else what the directory holds now, kept under its own
+        fingerprint; a task whose fingerprint differs loads them again."""
         from .vocab import Vocabulary
 
         if task.vocab is None:
             return None
         key = (task.vocab, task.vocab_fp)
         with self._lock:
+            if task.vocab_fp is None:  # warming up: the tables held for this path will do
+                key = next((k for k in self.vocabs if k[0] == task.vocab), key)
             if key not in self.vocabs:
-                self.vocabs.clear()
                 vocab = Vocabulary.load(task.vocab, fields=task.fields, storage_options=task.storage_options)
-                if task.vocab_fp and vocab.fingerprint() != task.vocab_fp:
+                fp = vocab.fingerprint()
+                if task.vocab_fp and fp != task.vocab_fp:
                     raise RuntimeError(f"mapping tables in {task.vocab!r} changed while the job was running")
+                self.vocabs.clear()
+                key = (task.vocab, fp)
                 self.vocabs[key] = vocab
                 self.loads["vocab"] += 1
             return self.vocabs[key]
+
+    def warm(self, task, piece) -> None:
+        """Load ``task``'s tables and model, compile the encode kernels for its input's
+        Arrow types and choose the model's batch size and mode on ``piece``'s first rows,
+        before any task asks: run in a thread as soon as the worker exists, while the
+        client still plans. Fingerprints missing from ``task`` are computed here; the
+        job's tasks bring the client's, and find these loads when they agree.
+
+        Best effort: a failure is logged, and the first task meets it again and fails
+        with the job's own error.
+        """
+        import dataclasses
+
+        from .encoding import encode_table
+        from .model import fingerprint
+        from .optimize import TUNE_ROWS
+
+        t0 = time.perf_counter()
+        try:
+            if task.model_fp is None:
+                task = dataclasses.replace(task, model_fp=fingerprint(task.model.path, task.storage_options))
+            vocab = self.vocab(task)
+            model = self.model(task)
+            table = _head(task, piece, TUNE_ROWS)
+            if table is not None:
+                arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
+                self.ready_model(task, arrays)
+            log.info("dscore worker warm in %.1fs: model on %s, batch %d, mode %s", time.perf_counter() - t0,
+                     model.device, model.batch_size, model.mode)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.info("dscore worker warm-up stopped (the first task will retry): %s: %s", type(e).__name__, e)
 
     def close(self) -> None:
         """Drop the model, tables and buffers; hand GPU memory back (torch's cache, and
@@ -216,6 +255,22 @@ def relieve_memory() -> None:
             libc.malloc_trim(0)
 
 
+def _head(task, piece, rows: int):
+    """The first ``rows`` rows of ``piece`` (its first row group), or None for CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import io
+
+    if piece.format != "parquet":
+        return None
+    fs, path = io.url_to_fs(piece.url, task.storage_options)
+    with fs.open(path, "rb") as f:
+        batches = pq.ParquetFile(f).iter_batches(batch_size=rows, columns=task.columns, row_groups=[piece.rg_start])
+        batch = next(batches, None)
+    return None if batch is None else pa.Table.from_batches([batch])
+
+
 def _in_dask_worker() -> bool:
     try:
         from distributed import get_worker
@@ -247,12 +302,16 @@ class DscorePlugin(WorkerPlugin):
         Threads per worker process. Precedence: ``DSCORE_TORCH_THREADS`` in the
         worker's environment (the cluster scripts set it), then this argument,
         then the worker's share of its host's cores.
+    warm : (TaskSpec, Piece), optional
+        A job to get ready for as soon as the worker exists (``Runtime.warm``), also
+        when a worker restarts.
     """
 
     name = "dscore"
 
-    def __init__(self, torch_threads=None):
+    def __init__(self, torch_threads=None, warm=None):
         self.torch_threads = torch_threads
+        self.warm = warm  # (TaskSpec, Piece): what Runtime.warm prepares, or None
 
     def setup(self, worker):
         from .model import set_threads
@@ -272,6 +331,8 @@ class DscorePlugin(WorkerPlugin):
             log.info("dscore worker %s: not glibc, malloc thresholds left as they are", worker.address)
         _RUNTIME = Runtime(threads)
         log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)
+        if self.warm is not None:
+            threading.Thread(target=_RUNTIME.warm, args=self.warm, name="dscore-warm", daemon=True).start()
 
     def teardown(self, worker):
         global _RUNTIME
