@@ -322,6 +322,7 @@ def connect(
             n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
             resources=resources,
         ) as lc, _closing(Client(lc)) as c:
+            c.run(_set_log_levels, _log_levels())
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
     elif "://" in cluster:
@@ -339,6 +340,20 @@ def connect(
             yield c
     else:
         raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
+
+
+# Workers of a local cluster write to this process's terminal: they log as it does
+# (the CLI quietens distributed's task-failure records, which dscore reports itself).
+_LOCAL_WORKER_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
+
+
+def _log_levels() -> dict:
+    return {n: logging.getLogger(n).level for n in _LOCAL_WORKER_LOGGERS}
+
+
+def _set_log_levels(levels: dict) -> None:
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @contextmanager
@@ -658,7 +673,7 @@ def _submit(client, pieces, task, spec, token):
         resources=dict(spec.resources) if spec.resources else None,
         pure=False,
     )
-    pending, alone_since = set(futures), None
+    pending, alone_since, scored = set(futures), None, 0
     try:
         while pending:
             try:
@@ -667,6 +682,7 @@ def _submit(client, pieces, task, spec, token):
                 done = ()
             for fut in done:
                 yield _result(client, fut, by_key[fut.key], spec)
+                scored += 1
             if _has_workers(client):
                 alone_since = None
             elif alone_since is None:
@@ -676,9 +692,24 @@ def _submit(client, pieces, task, spec, token):
                     f"the cluster has had no workers for {NO_WORKERS_TIMEOUT:.0f}s; {len(pending)} partitions "
                     "are not scored. Start workers and rerun: the job resumes where it stopped"
                 )
-    except BaseException:
-        client.cancel(futures)
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a lost scheduler cannot cancel anything
+            client.cancel(futures)
+        if isinstance(e, (concurrent.futures.CancelledError, _SchedulerLost)):  # not cancelled by this job
+            cause = e.__cause__ or e
+            reason = getattr(cause, "reason", None) or next(
+                (g.reason for g in getattr(cause, "error_groups", ())), f"{type(cause).__name__}: {cause}"
+            )
+            raise JobError(
+                f"lost the scheduler at {client.scheduler.address} ({reason}) with "
+                f"{len(futures) - scored} partitions not scored; restart the cluster and "
+                "rerun: the job resumes where it stopped"
+            ) from e
         raise
+
+
+class _SchedulerLost(Exception):
+    """The connection to the scheduler broke while a result was fetched."""
 
 
 def _result(client, future, piece, spec):
@@ -689,6 +720,11 @@ def _result(client, future, piece, spec):
 
     try:
         return future.result()
+    except OSError as e:
+        if future.status != "error":  # not the task's error: fetching it failed
+            raise _SchedulerLost() from e
+        # The task's: the output's file system (reading errors are InputError)
+        raise JobError(f"{piece.describe()}: {_os_error(e, spec.output)}") from e
     except KilledWorker as e:
         limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
         limit = ", ".join(f"{m / 2**30:.2f} GiB" for m in sorted(x for x in limits if x)) or "none"
@@ -698,6 +734,18 @@ def _result(client, future, piece, spec):
             f"(worker memory limit: {limit}). Lower partition_bytes (now {spec.partition_bytes}) or "
             "partition_rows, or give workers more memory (memory_limit); a rerun resumes where this one stopped"
         ) from e
+
+
+def _os_error(e: OSError, output: str) -> str:
+    """One line for an output that cannot be written, with what to do."""
+    import errno
+
+    what = f"{e.strerror or e} ({e.filename or output})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write the output: {what}; free space there, then rerun: the job resumes where it stopped"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write the output: {what}; fix its permissions or choose another output, then rerun"
+    return f"cannot write the output: {what}; a rerun resumes where this run stopped"
 
 
 def _has_workers(client) -> bool:
