@@ -127,6 +127,7 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             rows += scored.num_rows
             del table
             yield scored
+            relieve_memory()
             start = time.perf_counter()
         if piece.rows is not None and rows != piece.rows:  # before the part is committed
             raise RuntimeError(f"{piece.describe()}: read {rows} rows, its metadata says {piece.rows}")
@@ -140,7 +141,6 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             raise
         return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
     seconds["write"] = time.perf_counter() - t0 - sum(seconds.values())
-    relieve_memory()
     return {**_record(record, rows, stats, execution, seconds), "seconds": seconds}
 
 
@@ -660,6 +660,7 @@ def _submit(client, pieces, task, spec, token):
     from distributed import wait
 
     by_key = {f"dscore-score-{token}-{p.index}": p for p in pieces}
+    limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
     futures = client.map(
         score_piece,
         pieces,
@@ -681,7 +682,7 @@ def _submit(client, pieces, task, spec, token):
             except TimeoutError:  # nothing finished in 5s: look at the workers
                 done = ()
             for fut in done:
-                yield _result(client, fut, by_key[fut.key], spec)
+                yield _result(fut, by_key[fut.key], spec, limits)
                 scored += 1
             if _has_workers(client):
                 alone_since = None
@@ -712,9 +713,10 @@ class _SchedulerLost(Exception):
     """The connection to the scheduler broke while a result was fetched."""
 
 
-def _result(client, future, piece, spec):
+def _result(future, piece, spec, limits):
     """``future.result()``; a piece whose workers kept dying becomes a ``JobError`` that
-    names its file and row groups, the memory limit and the knobs, not a task key."""
+    names its file and row groups, the workers' memory ``limits`` and the knobs, not a
+    task key."""
     import dask
     from distributed.scheduler import KilledWorker
 
@@ -726,7 +728,6 @@ def _result(client, future, piece, spec):
         # The task's: the output's file system (reading errors are InputError)
         raise JobError(f"{piece.describe()}: {_os_error(e, spec.output)}") from e
     except KilledWorker as e:
-        limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
         limit = ", ".join(f"{m / 2**30:.2f} GiB" for m in sorted(x for x in limits if x)) or "none"
         deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
         raise JobError(

@@ -68,3 +68,22 @@ def captured_logs(logger: str, level: int):
     finally:
         log.removeHandler(handler)
         log.setLevel(old)
+
+
+def page_faults_per_call(calls: int = 50) -> float:
+    """Minor page faults of one micro-batch through an embedding model, the shape whose
+    (batch, positions, dim) intermediate is what malloc thresholds decide."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(1)
+    emb = torch.nn.Embedding(50_000, 32)
+    ids = torch.randint(0, 50_000, (256, 64))
+    with torch.inference_mode():
+        for _ in range(5):
+            (emb(ids) * 2.0).sum(1)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(calls):
+            (emb(ids) * 2.0).sum(1)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls

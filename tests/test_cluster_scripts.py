@@ -20,10 +20,16 @@ import threading
 import time
 from pathlib import Path
 
+import cloudpickle
 import psutil
 import pytest
 import yaml
 from distributed import Client
+
+from dscore.pipeline import register
+
+from . import helpers
+from .helpers import page_faults_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -177,6 +183,11 @@ def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
         )
         limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
         assert set(limits.values()) == {2**30}
+        # dscore's plugin gives these nanny-started workers plain-process malloc thresholds.
+        cloudpickle.register_pickle_by_value(helpers)  # these workers cannot import tests/
+        register(client)
+        faults = client.gather([client.submit(page_faults_per_call, workers=[w], pure=False) for w in client.nthreads()])
+        assert max(faults) < 100, faults
 
     # The nannies' worker processes are children, not in the pid files: collect them too.
     pids = process_tree(pidfile_pids(rundir))
