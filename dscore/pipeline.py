@@ -56,11 +56,18 @@ class TaskSpec:
     storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
     encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
+    reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
+    id_types: io.IdTypes | None = None  # every part must have these (the first file's)
 
     @property
     def columns(self) -> list[str]:
         """Input columns to read: ids first, then each field's column once."""
-        return list(dict.fromkeys([*self.id_columns, *(f.column for f in self.fields)]))
+        return input_columns(self.fields, self.id_columns)
+
+
+def input_columns(fields, id_columns) -> list[str]:
+    """The input columns a job reads: ids first, then each field's column once."""
+    return list(dict.fromkeys([*id_columns, *(f.column for f in fields)]))
 
 
 # ---------------------------------------------------------------- per partition
@@ -94,11 +101,13 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
     t0 = time.perf_counter()
     fs, _ = io.url_to_fs(piece.url, task.storage_options)
     try:
-        table = io.read_piece(fs, piece, task.columns)
+        table = io.read_piece(fs, piece, task.columns, task.reading)
         try:  # this file's own schema: inputs may differ from the first file's
             check_schema(table.schema, task.fields, task.id_columns)
         except (SpecError, TypeError) as e:
             raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
+        if task.id_types is not None:  # planning saw the footer; this is what gets written
+            task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
     except io.InputError as e:
         if not quarantine:
             raise
@@ -176,9 +185,19 @@ def plan_job(job: JobSpec) -> Plan:
     from .vocab import Vocabulary
 
     so = job.storage_options
-    fs, paths = io.expand(list(job.input), so)
-    first = io.full_url(fs, paths[0])
-    check_schema(io.read_schema(fs, paths[0]), job.fields, job.id_columns, first)
+    fs, files = io.expand(list(job.input), so)
+    reading = reading_of(job)
+    unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
+    if unknown:
+        raise SpecError(
+            f"partition_types.{unknown[0]}: no input directory is named {unknown[0]}=...; "
+            "remove the key or fix the input"
+        )
+    columns = input_columns(job.fields, job.id_columns)
+    first_file, schema = _first_schema(fs, files, columns, reading, job.on_bad_input == "quarantine")
+    first = io.full_url(fs, first_file.path)
+    check_schema(schema, job.fields, job.id_columns, first)
+    id_types = io.IdTypes.of(schema, job.id_columns, first)
     vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
     model_fp = model_fingerprint(job.model.path, so)
     model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
@@ -192,12 +211,14 @@ def plan_job(job: JobSpec) -> Plan:
         id_columns=tuple(job.id_columns),
         storage_options=so,
         encode_device=job.encode_device,
+        reading=reading,
+        id_types=id_types,
     )
     # CPU kernels only, as the probe above: CUDA is initialised in workers, never in
     # the client (it may have no GPU; and a forked worker cannot use its parent's context).
-    _warm_kernels(fs, paths[0], task, vocab)
+    _warm_kernels(fs, first_file.path, task, vocab)
     bad: list | None = [] if job.on_bad_input == "quarantine" else None
-    pieces = plan_pieces(job, fs, paths, bad)
+    pieces = plan_pieces(job, fs, files, bad, id_types)
     header = {
         "format_version": FORMAT_VERSION,
         "model": {"path": job.model.path, "fingerprint": model_fp},
@@ -209,18 +230,40 @@ def plan_job(job: JobSpec) -> Plan:
             "partitions": len(pieces),
             "rows": sum(p.rows or 0 for p in pieces),
             "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
+            "files": [io.full_url(fs, f.path) for f in files],  # every file read, or quarantined
+            **({"csv": job.csv.to_dict()} if job.csv else {}),
+            **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
         },
     }
     unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in (bad or [])]
     return Plan(job, task, pieces, model.output_names, header, unreadable)
 
 
-def plan_pieces(job: JobSpec, fs, paths, bad=None) -> list:
+def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
     """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
     from dask.utils import parse_bytes
 
     nbytes = parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
-    return io.plan(fs, paths, job.partition_rows, bad=bad, partition_bytes=nbytes)
+    return io.plan(
+        fs, files, job.partition_rows, bad=bad, partition_bytes=nbytes, reading=reading_of(job), id_types=id_types
+    )
+
+
+def reading_of(job: JobSpec) -> io.Reading:
+    """How the job's input files are read (its ``csv`` and ``partition_types`` keys)."""
+    return io.Reading(job.csv, dict(job.partition_types))
+
+
+def _first_schema(fs, files, columns, reading, quarantine: bool):
+    """``(file, schema)`` of the first input file, the one the job is checked against.
+    With ``quarantine``, an unreadable file is left for the plan to quarantine and the
+    next one is used."""
+    for file in files:
+        try:
+            return file, io.read_schema(fs, file, columns, reading)
+        except io.InputError:
+            if not quarantine or file is files[-1]:
+                raise
 
 
 def largest_indices(fields, vocab) -> dict:
