@@ -19,10 +19,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io as _io
-import os
 import posixpath
-import uuid
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -180,8 +179,8 @@ def _expand_one(fs, url: str, path: str) -> list[InputFile]:
         fixed = next(i for i, p in enumerate(parts) if _has_magic(p))
         root = "/".join(parts[:fixed])
         matches = fs.glob(path, detail=True)
-        dirs = [m for m, info in matches.items() if info.get("type") == "directory"]
-        candidates = [m for m in matches if m not in dirs] + [p for d in dirs for p in fs.find(d)]
+        dirs = {m for m, info in matches.items() if info.get("type") == "directory"}
+        candidates = [m for m in matches if m not in dirs] + [p for d in sorted(dirs) for p in fs.find(d)]
     elif fs.isdir(path):
         root, candidates = path, fs.find(path)
     elif fs.exists(path):

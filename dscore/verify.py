@@ -219,9 +219,10 @@ def verify(job, *, n: int = 100_000, seed: int = 0, tolerance: float = 1e-5, aga
     with out.fs.open(out.path("sample.parquet"), "wb") as f:
         pq.write_table(table, f)
     ids = [*spec.id_columns, ROW_ID]
-    run_job = dataclasses.replace(
-        spec, input=(out.fs.unstrip_protocol(out.path("sample.parquet")),), output=f"{base}/scores", id_columns=tuple(ids)
-    )
+    run_job = dataclasses.replace(  # the sample holds the columns as read: CSV typed, partition values in it
+        spec, input=(out.fs.unstrip_protocol(out.path("sample.parquet")),), output=f"{base}/scores", id_columns=tuple(ids),
+        csv=None, partition_types={},
+    )  # fmt: skip
     report = run(run_job, client=client, overwrite=True, progress=False)
     scored = _read_scores(out)
     got_ids = scored.column(ROW_ID).to_numpy()

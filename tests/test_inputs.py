@@ -190,6 +190,16 @@ def test_bad_inputs_fail_in_one_line_naming_the_file(demo, tmp_path):
         assert lines[0].startswith("dscore: error: ") and re.search(message, lines[0]), lines[0]
 
 
+def test_with_quarantine_an_unreadable_first_file_is_listed_and_the_next_one_checked(demo, tmp_path):
+    (tmp_path / "a.parquet").write_bytes(b"")
+    shutil.copy(demo["root"] / "part-1.parquet", tmp_path / "b.parquet")
+    plan = plan_job(JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "*.parquet"), "output": str(tmp_path / "o"),
+                                       "on_bad_input": "quarantine"}))  # fmt: skip
+    assert [q["input"]["url"].rsplit("/", 1)[-1] for q in plan.unreadable] == ["a.parquet"]
+    assert "Parquet file size is 0 bytes" in plan.unreadable[0]["error"] and plan.header["input"]["rows"] == 2000
+    assert plan.task.id_types.source.endswith("b.parquet")
+
+
 # ---------------------------------------------------------------- id column types
 def test_id_type_drift_fails_at_planning_naming_the_file(demo, tmp_path):
     t = demo_part(demo, 1)
@@ -282,3 +292,19 @@ def test_csv_options_delimiter_no_header_names_and_types(demo, client, tmp_path)
     check_csv_scores(demo, out, ids_as_ints=True)
     header = json.load(open(tmp_path / "out" / "_job.json"))["input"]
     assert header["csv"]["delimiter"] == ";" and len(header["files"]) == 2
+
+
+@pytest.mark.cluster
+def test_verify_reads_csv_and_hive_input_as_score_does(demo, client, tmp_path):
+    from dscore.verify import verify
+
+    table = demo_csv_table(demo)
+    opts = pacsv.WriteOptions(delimiter=";")
+    for i, day in enumerate(("2026-01-01", "2026-01-02")):
+        os.makedirs(tmp_path / "in" / f"date={day}")
+        pacsv.write_csv(table.slice(1000 * i, 1000), tmp_path / "in" / f"date={day}" / "part-0.csv", opts)
+    job = {**demo["job"], "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "csv": {"delimiter": ";"},
+           "id_columns": ["user_id", "date"], "partition_types": {"date": "date32"},
+           "fields": [f.to_dict(compact=True) for f in CSV_FIELDS]}  # fmt: skip
+    result = verify(job, n=500, seed=3, client=client)
+    assert result["passed"] and result["table"]["count"] == 500 and result["table"]["max"] <= 1e-6
