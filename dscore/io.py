@@ -425,7 +425,7 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
     path = fs._strip_protocol(piece.url)
     rgs = (piece.rg_start, piece.rg_stop) if piece.format == "parquet" else None
     parts = dict(piece.partitions)
-    in_file = [c for c in columns if c not in parts]
+    in_file = in_file_columns(piece, columns)
     try:
         with fs.open(path, "rb") as f:
             if piece.format == "csv":
@@ -451,6 +451,18 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
         raise InputError(piece.url, rgs, missing and missing.group(1), reason) from e
     except Exception as e:
         raise InputError(piece.url, rgs, None, f"{type(e).__name__}: {e}") from e
+    return with_partitions(table, piece, columns, reading)
+
+
+def in_file_columns(piece: Piece, columns: Sequence[str]) -> list[str]:
+    """The ``columns`` read from ``piece``'s file: all but its hive partition columns."""
+    parts = dict(piece.partitions)
+    return [c for c in columns if c not in parts]
+
+
+def with_partitions(table: pa.Table, piece: Piece, columns: Sequence[str], reading: Reading) -> pa.Table:
+    """``table`` (``in_file_columns`` of ``piece``) with the partition columns added, as ``columns``."""
+    parts = dict(piece.partitions)
     for c in columns:
         if c in parts:
             table = table.append_column(c, reading.partition_column(piece, c, table.num_rows))
