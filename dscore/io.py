@@ -424,7 +424,6 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
     reading = reading or Reading()
     path = fs._strip_protocol(piece.url)
     rgs = (piece.rg_start, piece.rg_stop) if piece.format == "parquet" else None
-    parts = dict(piece.partitions)
     in_file = in_file_columns(piece, columns)
     try:
         with fs.open(path, "rb") as f:
@@ -432,16 +431,7 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
                 table = pacsv.read_csv(f, **reading.csv_options(columns, include=in_file))
             else:
                 pf = pq.ParquetFile(f)
-                names = pf.schema_arrow.names
-                missing = [c for c in in_file if c not in names]
-                if missing:
-                    raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
-                both = [c for c in columns if c in parts and c in names]
-                if both:
-                    raise InputError(
-                        piece.url, rgs, both[0],
-                        f"is a column of the file and a hive directory ({both[0]}=...) above it; rename one",
-                    )  # fmt: skip
+                check_file_columns(piece, pf.schema_arrow.names, columns)
                 table = pf.read_row_groups(range(piece.rg_start, piece.rg_stop), columns=in_file)
     except InputError:
         raise
@@ -458,6 +448,20 @@ def in_file_columns(piece: Piece, columns: Sequence[str]) -> list[str]:
     """The ``columns`` read from ``piece``'s file: all but its hive partition columns."""
     parts = dict(piece.partitions)
     return [c for c in columns if c not in parts]
+
+
+def check_file_columns(piece: Piece, names: Sequence[str], columns: Sequence[str]) -> None:
+    """``InputError`` unless the file (its column ``names``) has every one of ``columns``
+    that is not a partition column of ``piece``, and none that is."""
+    rgs, parts = (piece.rg_start, piece.rg_stop), dict(piece.partitions)
+    missing = [c for c in columns if c not in parts and c not in names]
+    if missing:
+        raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
+    both = [c for c in columns if c in parts and c in names]
+    if both:
+        raise InputError(
+            piece.url, rgs, both[0], f"is a column of the file and a hive directory ({both[0]}=...) above it; rename one"
+        )
 
 
 def with_partitions(table: pa.Table, piece: Piece, columns: Sequence[str], reading: Reading) -> pa.Table:
