@@ -3,7 +3,7 @@
 Exit statuses: 0 success; 1 error (the message names the file, key, field or
 column at fault); 2 bad command line; 3 the output is partial (partitions were
 quarantined; ``_SUCCESS`` was not written); 4 ``verify`` found a difference above
-its tolerance, or a missing or duplicated row.
+its tolerance, or a missing or duplicated row; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import click
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "urllib3", "aiohttp", "gcsfs", "adlfs", "azure")
 
 
-def _fail(e: BaseException) -> None:
+def _fail(e) -> None:
     click.echo(f"dscore: error: {e}", err=True)
     sys.exit(EXIT_ERROR)
 
@@ -34,7 +35,9 @@ def _errors():
     from .pipeline import JobError
     from .spec import SpecError
 
-    return (SpecError, ModelError, JobError, InputError, FileNotFoundError, ValueError, TypeError)
+    # OSError: the machine's, not dscore's (disk full, permission denied, ...); its
+    # message names the file.
+    return (SpecError, ModelError, JobError, InputError, OSError, ValueError, TypeError)
 
 
 def _load(job_path: str, sets) -> object:
@@ -54,6 +57,15 @@ def main(verbose: int) -> None:
     # spawns (which read this variable through dask's config).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level).lower())
     logging.getLogger("distributed").setLevel(level)
+    if not verbose:
+        import distributed.config  # noqa: F401 - its logging set-up first, or it overrides these levels
+
+        # A failed task is dscore's to report, in one line naming the file (or with
+        # the traceback of a bug); the worker's own "Compute Failed" record repeats it
+        # with the worker's traceback, and a nanny closing a busy worker at the end of
+        # a failed job is no news. -v shows them.
+        for name in ("distributed.worker", "distributed.nanny", "distributed.worker.state_machine", "distributed.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # and in local workers: pipeline.connect
     # The object-store clients' debug logs print request headers, access key ids
     # included: -vv is dscore's and distributed's debug output, not theirs.
     for name in QUIET_LOGGERS:
@@ -79,8 +91,13 @@ def score(job, scheduler, sets, overwrite, no_progress):
         if scheduler:
             spec = type(spec).load(spec, {"cluster": scheduler})
         report = run(spec, overwrite=overwrite, progress=not no_progress)
+    except OSError as e:  # in this process: the output's records, the report
+        _fail(f"{e}; once that is fixed, rerun: the job resumes where it stopped")
     except _errors() as e:
         _fail(e)
+    except KeyboardInterrupt:
+        click.echo("\ndscore: interrupted; rerun the same command to resume where this run stopped", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(report.format())
     if report.status != "complete":
         sys.exit(EXIT_PARTIAL)

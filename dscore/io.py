@@ -17,6 +17,7 @@ Hive-style ``key=value`` directories give their files' rows a column ``key``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io as _io
 import posixpath
@@ -442,6 +443,65 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
     except Exception as e:
         raise InputError(piece.url, rgs, None, f"{type(e).__name__}: {e}") from e
     return with_partitions(table, piece, columns, reading)
+
+
+def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None, reading: Reading | None = None):
+    """``read_piece`` as one table, or, when its row groups decode to more than
+    ``max_bytes`` (a piece is at least one row group, and a writer may make one row
+    group of millions of rows), as consecutive tables of about ``max_bytes`` each,
+    streamed from the file in record batches: a worker's memory then bounds the
+    partition size, not the input's row-group size. Errors are ``InputError``.
+    """
+    reading = reading or Reading()
+    if piece.format != "parquet" or not max_bytes:
+        yield read_piece(fs, piece, columns, reading)
+        return
+    rgs = (piece.rg_start, piece.rg_stop)
+    with _input_errors(piece.url, rgs):
+        f = fs.open(fs._strip_protocol(piece.url), "rb")
+    with f:
+        with _input_errors(piece.url, rgs):
+            # Buffered reads, so that a column chunk is not read into memory whole.
+            pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER)
+            check_file_columns(piece, pf.schema_arrow.names, columns)
+            in_file = in_file_columns(piece, columns)
+            meta, wanted = pf.metadata, set(in_file)
+            nbytes = sum(
+                meta.row_group(rg).column(i).total_uncompressed_size
+                for rg in range(*rgs)
+                for i in range(meta.num_columns)
+                if meta.row_group(rg).column(i).path_in_schema.split(".")[0] in wanted
+            )
+            if nbytes <= max_bytes:
+                table = pf.read_row_groups(range(*rgs), columns=in_file)
+        if nbytes <= max_bytes:
+            yield with_partitions(table, piece, columns, reading)
+            return
+        rows = sum(meta.row_group(rg).num_rows for rg in range(*rgs))
+        batches = pf.iter_batches(
+            batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // nbytes), row_groups=range(*rgs), columns=in_file,
+            use_threads=False,
+        )  # fmt: skip
+        while True:
+            with _input_errors(piece.url, rgs):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield with_partitions(pa.Table.from_batches([batch]), piece, columns, reading)
+
+
+STREAM_BUFFER = 1 << 23
+MIN_STREAM_ROWS = 4096
+
+
+@contextlib.contextmanager
+def _input_errors(url, rgs):
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(url, rgs, None, f"{type(e).__name__}: {e}") from e
 
 
 def in_file_columns(piece: Piece, columns: Sequence[str]) -> list[str]:

@@ -64,10 +64,25 @@ class Output:
         except FileNotFoundError:
             return None
 
-    def write_part(self, index: int, table: pa.Table, record: dict) -> None:
-        """The partition's file, then its record: a record implies a complete file."""
-        self._put(self.part_name(index), lambda f: pq.write_table(table, f))
-        self.write_json(f"{PARTS}/part-{index:06d}.json", record)
+    def write_part(self, index: int, tables, record) -> None:
+        """The partition's file, then its record: a record implies a complete file.
+
+        ``tables``: a table, or an iterable of tables with one schema, written as they
+        come (a partition scored slice by slice); ``record``: a dict, or a function
+        called for it once the file is complete.
+        """
+
+        def write(f):
+            writer = None
+            for table in [tables] if isinstance(tables, pa.Table) else tables:
+                writer = writer or pq.ParquetWriter(f, table.schema)
+                writer.write_table(table)
+            if writer is None:
+                raise ValueError(f"partition {index}: nothing to write")
+            writer.close()
+
+        self._put(self.part_name(index), write)
+        self.write_json(f"{PARTS}/part-{index:06d}.json", record() if callable(record) else record)
 
     # -------------------------------------------------------------- reads
     def _fresh(self) -> None:

@@ -13,6 +13,8 @@ drivers use it:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -48,7 +50,7 @@ class TaskSpec:
 
     fields: tuple
     model: ModelSpec
-    model_fp: str
+    model_fp: str | None  # None only in a warm-up spec (warm_task): the worker computes it
     vocab: str | None
     vocab_fp: str | None
     id_columns: tuple
@@ -56,6 +58,7 @@ class TaskSpec:
     storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
     encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
+    partition_bytes: int | None = None  # a larger row group is scored in slices of this size (io.iter_piece)
     reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
     id_types: io.IdTypes | None = None  # every part must have these (the first file's)
 
@@ -93,48 +96,75 @@ def score_table(table: pa.Table, task: TaskSpec, rt=None):
     for i, name in enumerate(model.output_names):
         cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
     seconds = {"encode": t2 - t1, "predict": t4 - t3, "tune": (t1 - t0) + (t3 - t2)}
-    return pa.table(cols), stats, seconds, {"batch_size": model.batch_size, "mode": model.mode}
+    info = getattr(model, "info", None) or {}
+    execution = {"batch_size": model.batch_size, "mode": model.mode}
+    execution.update({k: info[k] for k in ("batch_rates", "mode_rates") if k in info})  # what tuning measured
+    return pa.table(cols), stats, seconds, execution
 
 
 def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bool) -> dict:
-    """Read, score and commit one piece; return its record (or a quarantine entry)."""
+    """Read, score and commit one piece; return its record (or a quarantine entry).
+
+    A piece is read, scored and written slice by slice when its row group is larger
+    than ``task.partition_bytes`` (``io.iter_piece``); its part file is still one
+    file, committed once complete.
+    """
     t0 = time.perf_counter()
     fs, _ = io.url_to_fs(piece.url, task.storage_options)
+    stats: dict = {f.name: FieldStats() for f in task.fields}
+    seconds = dict.fromkeys(("read", "encode", "tune", "predict"), 0.0)
+    execution: dict = {}
+    rows = 0
+
+    def scored_slices():
+        nonlocal rows, execution
+        slices = io.iter_piece(fs, piece, task.columns, task.partition_bytes, task.reading)
+        start = time.perf_counter()
+        for table in slices:
+            if rows == 0:  # this file's own schema: inputs may differ from the first file's
+                try:
+                    check_schema(table.schema, task.fields, task.id_columns)
+                except (SpecError, TypeError) as e:
+                    raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
+                if task.id_types is not None:  # planning saw the footer; this is what gets written
+                    task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
+            seconds["read"] += time.perf_counter() - start
+            scored, slice_stats, slice_seconds, execution = score_table(table, task)
+            for name, s in slice_stats.items():
+                stats[name].add(s)
+            for k, v in slice_seconds.items():
+                seconds[k] += v
+            rows += scored.num_rows
+            del table
+            yield scored
+            start = time.perf_counter()
+        if piece.rows is not None and rows != piece.rows:  # before the part is committed
+            raise RuntimeError(f"{piece.describe()}: read {rows} rows, its metadata says {piece.rows}")
+
+    out = Output(output_url, task.storage_options)
+    record = {"index": piece.index, "file": out.part_name(piece.index), "input": piece.identity()}
     try:
-        table = io.read_piece(fs, piece, task.columns, task.reading)
-        try:  # this file's own schema: inputs may differ from the first file's
-            check_schema(table.schema, task.fields, task.id_columns)
-        except (SpecError, TypeError) as e:
-            raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
-        if task.id_types is not None:  # planning saw the footer; this is what gets written
-            task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
+        out.write_part(piece.index, scored_slices(), lambda: _record(record, rows, stats, execution, seconds))
     except io.InputError as e:
         if not quarantine:
             raise
         return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
-    t1 = time.perf_counter()
-    scored, stats, seconds, execution = score_table(table, task)
-    if piece.rows is not None and scored.num_rows != piece.rows:
-        raise RuntimeError(f"{piece.describe()}: read {scored.num_rows} rows, its metadata says {piece.rows}")
-    t2 = time.perf_counter()
-    out = Output(output_url, task.storage_options)
-    seconds["read"] = t1 - t0
-    record = {
-        "index": piece.index,
-        "file": out.part_name(piece.index),
-        "rows": scored.num_rows,
-        "input": piece.identity(),
+    seconds["write"] = time.perf_counter() - t0 - sum(seconds.values())
+    relieve_memory()
+    return {**_record(record, rows, stats, execution, seconds), "seconds": seconds}
+
+
+def _record(record: dict, rows: int, stats: dict, execution: dict, seconds: dict) -> dict:
+    return {
+        **record,
+        "rows": rows,
         "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
         "model": execution,
         # The worker's memory after each partition, so that a leak shows in the manifest.
         "worker_rss": psutil.Process().memory_info().rss,
         "worker_peak_rss": peak_rss(),
+        "seconds": dict(seconds),
     }
-    out.write_part(piece.index, scored, {**record, "seconds": dict(seconds)})
-    seconds["write"] = time.perf_counter() - t2
-    del table, scored
-    relieve_memory()
-    return {**record, "seconds": seconds}
 
 
 def _rgs(piece):
@@ -179,13 +209,21 @@ def check_schema(schema: pa.Schema, fields: Sequence[Field], id_columns, where: 
             raise SpecError(f"{prefix}id column {c!r} is not in the input; columns are {schema.names}")
 
 
-def plan_job(job: JobSpec) -> Plan:
-    """Everything that can fail before the cluster job starts fails here, naming the
-    file, field or column: inputs, schema, mapping tables, model (one-row probe)."""
-    from .vocab import Vocabulary
+@dataclass
+class Inputs:
+    """The job's input, planned from file metadata alone."""
 
-    so = job.storage_options
-    fs, files = io.expand(list(job.input), so)
+    pieces: list
+    unreadable: list  # (piece, identity, error) of files quarantined at planning
+    files: list  # URLs of every input file
+    id_types: io.IdTypes  # the id columns' types, which every part must have
+
+
+def plan_inputs(job: JobSpec) -> Inputs:
+    """Expand the input, check the first file's schema and plan the pieces: metadata
+    only, so that this fails fast (naming the file, field or column) and the cluster
+    can start while the rest of ``plan_job`` loads the model."""
+    fs, files = io.expand(list(job.input), job.storage_options)
     reading = reading_of(job)
     unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
     if unknown:
@@ -198,27 +236,29 @@ def plan_job(job: JobSpec) -> Plan:
     first = io.full_url(fs, first_file.path)
     check_schema(schema, job.fields, job.id_columns, first)
     id_types = io.IdTypes.of(schema, job.id_columns, first)
-    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
-    model_fp = model_fingerprint(job.model.path, so)
-    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
-    model.probe(largest_indices(job.fields, vocab))
-    task = TaskSpec(
-        fields=tuple(job.fields),
-        model=job.model,
-        model_fp=model_fp,
-        vocab=job.vocab if vocab is not None else None,
-        vocab_fp=vocab.fingerprint() if vocab is not None else None,
-        id_columns=tuple(job.id_columns),
-        storage_options=so,
-        encode_device=job.encode_device,
-        reading=reading,
-        id_types=id_types,
-    )
-    # CPU kernels only, as the probe above: CUDA is initialised in workers, never in
-    # the client (it may have no GPU; and a forked worker cannot use its parent's context).
-    _warm_kernels(fs, first_file.path, task, vocab)
     bad: list | None = [] if job.on_bad_input == "quarantine" else None
     pieces = plan_pieces(job, fs, files, bad, id_types)
+    return Inputs(pieces, bad or [], [io.full_url(fs, f.path) for f in files], id_types)
+
+
+def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
+    """Everything that can fail before the cluster job starts fails here, naming the
+    file, field or column: inputs, schema, mapping tables, model (one-row probe)."""
+    from .vocab import Vocabulary
+
+    so = job.storage_options
+    inputs = inputs or plan_inputs(job)
+    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
+    model_fp = model_fingerprint(job.model.path, so)
+    # On the CPU, also for a CUDA job: CUDA is initialised in workers, never in the
+    # client (it may have no GPU; and a forked worker cannot use its parent's context).
+    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
+    model.probe(largest_indices(job.fields, vocab))
+    task = dataclasses.replace(
+        warm_task(job), model_fp=model_fp, vocab_fp=vocab.fingerprint() if vocab is not None else None,
+        id_types=inputs.id_types,
+    )
+    pieces = inputs.pieces
     header = {
         "format_version": FORMAT_VERSION,
         "model": {"path": job.model.path, "fingerprint": model_fp},
@@ -230,23 +270,45 @@ def plan_job(job: JobSpec) -> Plan:
             "partitions": len(pieces),
             "rows": sum(p.rows or 0 for p in pieces),
             "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
-            "files": [io.full_url(fs, f.path) for f in files],  # every file read, or quarantined
+            "files": inputs.files,  # every file read, or quarantined
             **({"csv": job.csv.to_dict()} if job.csv else {}),
             **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
         },
     }
-    unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in (bad or [])]
+    unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in inputs.unreadable]
     return Plan(job, task, pieces, model.output_names, header, unreadable)
+
+
+def warm_task(job: JobSpec, rows_hint: int | None = None) -> TaskSpec:
+    """``job``'s TaskSpec before the client has fingerprinted the model and tables:
+    what workers warm up with (``worker.Runtime.warm``) while the client plans."""
+    return TaskSpec(
+        fields=tuple(job.fields),
+        model=job.model,
+        model_fp=None,
+        vocab=job.vocab,
+        vocab_fp=None,
+        id_columns=tuple(job.id_columns),
+        storage_options=job.storage_options,
+        rows_hint=rows_hint,
+        encode_device=job.encode_device,
+        partition_bytes=_partition_bytes(job),
+        reading=reading_of(job),
+    )
 
 
 def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
     """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
+    return io.plan(
+        fs, files, job.partition_rows, bad=bad, partition_bytes=_partition_bytes(job), reading=reading_of(job),
+        id_types=id_types,
+    )  # fmt: skip
+
+
+def _partition_bytes(job: JobSpec) -> int:
     from dask.utils import parse_bytes
 
-    nbytes = parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
-    return io.plan(
-        fs, files, job.partition_rows, bad=bad, partition_bytes=nbytes, reading=reading_of(job), id_types=id_types
-    )
+    return parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
 
 
 def reading_of(job: JobSpec) -> io.Reading:
@@ -279,22 +341,6 @@ def largest_indices(fields, vocab) -> dict:
     return out
 
 
-def _warm_kernels(fs, path, task: TaskSpec, vocab) -> None:
-    """Encode a few real rows here first, so that the kernels for these Arrow types are
-    compiled once and cached on disk before the workers ask for them."""
-    import pyarrow.parquet as pq
-
-    try:
-        with fs.open(path, "rb") as f:
-            if io._format(path) == "csv":
-                return
-            batch = next(pq.ParquetFile(f).iter_batches(batch_size=64, columns=task.columns), None)
-    except Exception:  # reading problems are reported, with the file named, by the job itself
-        return
-    if batch is not None:
-        encode_table(pa.Table.from_batches([batch]), task.fields, vocab)
-
-
 # ---------------------------------------------------------------- cluster
 CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
 
@@ -312,7 +358,7 @@ def connect(
         yield client
         return
     if cluster == "local-cuda":
-        with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, Client(lc) as c:
+        with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, _closing(Client(lc)) as c:
             n = len(c.scheduler_info(n_workers=-1)["workers"])
             print(f"dscore: local CUDA cluster of {n} GPU workers; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
@@ -323,7 +369,8 @@ def connect(
         with LocalCluster(
             n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
             resources=resources,
-        ) as lc, Client(lc) as c:
+        ) as lc, _closing(Client(lc)) as c:
+            c.run(_set_log_levels, _log_levels())
             print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
             yield c
     elif "://" in cluster:
@@ -337,10 +384,35 @@ def connect(
                 else ""
             )
             raise JobError(f"cannot connect to the scheduler at {cluster}: {e}{hint}") from e
-        with client as c:
+        with _closing(client) as c:
             yield c
     else:
         raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
+
+
+# Workers of a local cluster write to this process's terminal: they log as it does
+# (the CLI quietens distributed's task-failure records, which dscore reports itself).
+_LOCAL_WORKER_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
+
+
+def _log_levels() -> dict:
+    return {n: logging.getLogger(n).level for n in _LOCAL_WORKER_LOGGERS}
+
+
+def _set_log_levels(levels: dict) -> None:
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def _closing(client):
+    """Close ``client`` on exit, without ``with client``: that sets a context variable,
+    which cannot be reset from another thread, and ``run`` connects in one
+    (``_start_cluster``) and closes in the main thread."""
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def gpu_threads_per_worker(gpus: int, cores: int) -> int:
@@ -405,20 +477,29 @@ DEFAULT_LAYOUT = {
 }
 
 
-def register(client, torch_threads=None) -> None:
+def register(client, torch_threads=None, warm=None) -> None:
     """Register dscore's worker plugin (threads, model cache) on every worker, unless
     it is there already with the same settings: registering again would tear down
-    the workers' loaded models."""
+    the workers' loaded models. ``warm``: ``(TaskSpec, Piece)`` for the workers to
+    get ready for now (``worker.Runtime.warm``), and again whenever one restarts."""
     threads = torch_threads or torch_threads_per_host(client)
     current = client.run(_plugin_threads)
     if current and all(v == ("set", threads) for v in current.values()):
+        if warm is not None:
+            client.run(_warm_now, *warm)
         return
-    client.register_plugin(DscorePlugin(threads), name="dscore")
+    client.register_plugin(DscorePlugin(threads, warm=warm), name="dscore")
 
 
 def _plugin_threads(dask_worker):
     plugin = dask_worker.plugins.get("dscore")
     return ("set", plugin.torch_threads) if plugin is not None else None
+
+
+def _warm_now(task, piece):
+    import threading
+
+    threading.Thread(target=runtime().warm, args=(task, piece), name="dscore-warm", daemon=True).start()
 
 
 # ---------------------------------------------------------------- the job
@@ -442,6 +523,10 @@ class Report:
     model: dict
     cluster: str
     peak_worker_rss: int
+    # Seconds from the start of ``run``: plan (the client's planning done), cluster
+    # (cluster up, plugin registered), start (the first partition done, less its own
+    # time: the job's fixed start); finish: from the last partition to the end.
+    timeline: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -459,8 +544,21 @@ class Report:
             + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
             + f"; peak worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
         )
+        if self.timeline.get("start") is not None:
+            t = self.timeline
+            lines.append(
+                f"  fixed time: start {t['start']:.1f}s (client planned in {t['plan']:.1f}s, cluster ready at "
+                f"{t.get('cluster', 0):.1f}s), finish {t.get('finish', 0):.1f}s"
+            )
         if self.model.get("execution"):
             lines.append(f"  model: {'; '.join(self.model['execution'])}")
+        for tuning in self.model.get("tuning", []):
+            rates = json.loads(tuning)
+            lines.append(
+                "    tuned on a worker, rows/s: "
+                + ", ".join(f"batch {b} {r:,}" for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0])))
+                + "".join(f"; {m} {r:,}" for m, r in rates.get("mode_rates", {}).items())
+            )
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
         for name, s in self.fields.items():
             lines.append(f"  {name:<16}{s['oov_rate']:>10.2%}{s['truncation_rate']:>11.2%}{s['mean_tokens']:>12.1f}")
@@ -524,25 +622,41 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     """
     spec = JobSpec.load(job, overrides)
     start = time.perf_counter()
-    plan = plan_job(spec)
+    inputs = plan_inputs(spec)
     out = Output(spec.output, spec.storage_options)
-    done = _check_resume(out, plan.header, overwrite)
-    out.start_run()
-    out.write_json(JOB, {**plan.header, "job": spec.to_dict(redact=True)})
-    todo = [p for p in plan.pieces if p.index not in done]
-    token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
-    records, quarantined = dict(done), list(plan.unreadable)
-    this_run = []
-    label = spec.cluster if client is None else "client"
-    if todo:
-        with connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                     memory_limit=spec.memory_limit, resources=spec.resources) as c:  # fmt: skip
-            check_resources(c, spec.resources)
-            register(c, spec.model.threads)
+    with contextlib.ExitStack() as stack:
+        # The cluster starts, and its workers load the model and tables, while this
+        # process loads and probes the model (``plan_job``): the two used to run one
+        # after the other, most of a short job's time. Not for a finished output,
+        # which a rerun leaves alone without needing a cluster.
+        cluster = None
+        if overwrite or not out.complete():
+            cluster = _start_cluster(stack, spec, client, inputs)
+        try:
+            plan = plan_job(spec, inputs)
+        except BaseException:
+            if cluster is not None:  # let it finish starting, so that the stack closes it
+                concurrent.futures.wait([cluster])
+            raise
+        c, ready = cluster.result() if cluster is not None else (None, None)
+        done = _check_resume(out, plan.header, overwrite)
+        out.start_run()
+        out.write_json(JOB, {**plan.header, "job": spec.to_dict(redact=True)})
+        todo = [p for p in plan.pieces if p.index not in done]
+        token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
+        records, quarantined = dict(done), list(plan.unreadable)
+        this_run = []
+        timeline = {"plan": time.perf_counter() - start}
+        if todo:
+            if c is None:
+                c, ready = _start_cluster(stack, spec, client, inputs).result()
+            timeline["cluster"] = ready - start
             threads = sum(c.nthreads().values()) or 1
             task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
             bar = Progress(len(plan.pieces), len(done), enabled=progress)
             for rec in _submit(c, todo, task, spec, token):
+                if "start" not in timeline:  # to the first partition, less its own time
+                    timeline["start"] = time.perf_counter() - start - sum(rec.get("seconds", {}).values())
                 if rec.get("quarantined"):
                     quarantined.append(rec)
                 else:
@@ -550,7 +664,35 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
                     this_run.append(rec)
                 bar.update(rec.get("rows", 0))
             bar.close()
-    return _finish(spec, plan, out, records, this_run, quarantined, time.perf_counter() - start, label)
+            last = time.perf_counter()
+    label = spec.cluster if client is None else "client"
+    report = _finish(spec, plan, out, records, this_run, quarantined, time.perf_counter() - start, label, timeline)
+    if todo:  # the cluster's close included: the job is over when this returns
+        report.timeline["finish"] = time.perf_counter() - last
+        out.write_json(REPORT, report.to_dict())
+    return report
+
+
+def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
+    """A future of ``(client, when it was ready)``: the job's cluster started in a thread
+    (``connect``, entered on ``stack``) with dscore's plugin registered, which warms
+    every worker up for this job (``worker.Runtime.warm``) as soon as it exists."""
+
+    def start():
+        c = stack.enter_context(
+            connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
+                    memory_limit=spec.memory_limit, resources=spec.resources)
+        )  # fmt: skip
+        check_resources(c, spec.resources)
+        rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
+        warm = (warm_task(spec, rows), inputs.pieces[0]) if inputs.pieces else None
+        register(c, spec.model.threads, warm=warm)
+        return c, time.perf_counter()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dscore-connect")
+    future = pool.submit(start)
+    pool.shutdown(wait=False)
+    return future
 
 
 NO_WORKERS_TIMEOUT = 300.0  # seconds without any worker before a job gives up
@@ -565,20 +707,21 @@ def _submit(client, pieces, task, spec, token):
     """
     from distributed import wait
 
+    by_key = {f"dscore-score-{token}-{p.index}": p for p in pieces}
     futures = client.map(
         score_piece,
         pieces,
         task=task,
         output_url=spec.output,
         quarantine=spec.on_bad_input == "quarantine",
-        key=[f"dscore-score-{token}-{p.index}" for p in pieces],
+        key=list(by_key),
         retries=spec.retries,
         # Here, at submit time: with dask-expr, resources annotated while building a
         # graph (dask.annotate) are silently dropped.
         resources=dict(spec.resources) if spec.resources else None,
         pure=False,
     )
-    pending, alone_since = set(futures), None
+    pending, alone_since, scored = set(futures), None, 0
     try:
         while pending:
             try:
@@ -586,7 +729,8 @@ def _submit(client, pieces, task, spec, token):
             except TimeoutError:  # nothing finished in 5s: look at the workers
                 done = ()
             for fut in done:
-                yield fut.result()
+                yield _result(client, fut, by_key[fut.key], spec)
+                scored += 1
             if _has_workers(client):
                 alone_since = None
             elif alone_since is None:
@@ -596,9 +740,60 @@ def _submit(client, pieces, task, spec, token):
                     f"the cluster has had no workers for {NO_WORKERS_TIMEOUT:.0f}s; {len(pending)} partitions "
                     "are not scored. Start workers and rerun: the job resumes where it stopped"
                 )
-    except BaseException:
-        client.cancel(futures)
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a lost scheduler cannot cancel anything
+            client.cancel(futures)
+        if isinstance(e, (concurrent.futures.CancelledError, _SchedulerLost)):  # not cancelled by this job
+            cause = e.__cause__ or e
+            reason = getattr(cause, "reason", None) or next(
+                (g.reason for g in getattr(cause, "error_groups", ())), f"{type(cause).__name__}: {cause}"
+            )
+            raise JobError(
+                f"lost the scheduler at {client.scheduler.address} ({reason}) with "
+                f"{len(futures) - scored} partitions not scored; restart the cluster and "
+                "rerun: the job resumes where it stopped"
+            ) from e
         raise
+
+
+class _SchedulerLost(Exception):
+    """The connection to the scheduler broke while a result was fetched."""
+
+
+def _result(client, future, piece, spec):
+    """``future.result()``; a piece whose workers kept dying becomes a ``JobError`` that
+    names its file and row groups, the memory limit and the knobs, not a task key."""
+    import dask
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except OSError as e:
+        if future.status != "error":  # not the task's error: fetching it failed
+            raise _SchedulerLost() from e
+        # The task's: the output's file system (reading errors are InputError)
+        raise JobError(f"{piece.describe()}: {_os_error(e, spec.output)}") from e
+    except KilledWorker as e:
+        limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+        limit = ", ".join(f"{m / 2**30:.2f} GiB" for m in sorted(x for x in limits if x)) or "none"
+        deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
+        raise JobError(
+            f"{piece.describe()}: the workers scoring it died {deaths} times, most likely out of memory "
+            f"(worker memory limit: {limit}). Lower partition_bytes (now {spec.partition_bytes}) or "
+            "partition_rows, or give workers more memory (memory_limit); a rerun resumes where this one stopped"
+        ) from e
+
+
+def _os_error(e: OSError, output: str) -> str:
+    """One line for an output that cannot be written, with what to do."""
+    import errno
+
+    what = f"{e.strerror or e} ({e.filename or output})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write the output: {what}; free space there, then rerun: the job resumes where it stopped"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write the output: {what}; fix its permissions or choose another output, then rerun"
+    return f"cannot write the output: {what}; a rerun resumes where this run stopped"
 
 
 def _has_workers(client) -> bool:
@@ -608,7 +803,7 @@ def _has_workers(client) -> bool:
         return True
 
 
-def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Report:
+def _finish(spec, plan, out, records, this_run, quarantined, wall, label, timeline=None) -> Report:
     rows_in = plan.header["input"]["rows"]
     missing = [p.index for p in plan.pieces if p.index not in records]
     rows_out = sum(r["rows"] for r in records.values())
@@ -651,9 +846,15 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label) -> Rep
             "outputs": plan.outputs,
             # what the workers chose (dscore.optimize): "batch 1024, freeze"
             "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
+            # per worker process, what autotuning measured (rows/s by batch size and mode)
+            "tuning": sorted(
+                {json.dumps({k: r["model"][k] for k in ("batch_rates", "mode_rates") if k in r["model"]}, sort_keys=True)
+                 for r in this_run} - {"{}"}
+            ),  # fmt: skip
         },
         cluster=label,
         peak_worker_rss=max((r.get("worker_peak_rss", 0) for r in this_run), default=0),
+        timeline=dict(timeline or {}),
     )
     out.write_json(REPORT, report.to_dict())
     return report

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -92,6 +93,18 @@ def _check_table(name: str, table: pa.Table, where: str) -> pa.Table:
             f"{where}: field {name!r} maps token {table.column('token')[row].as_py()!r} to index "
             f"{index[row]}; indices 0 (padding) and 1 (out of vocabulary) are reserved, tokens start at 2"
         )
+    tokens = table.column("token")
+    if pc.count_distinct(tokens).as_py() != len(tokens):
+        counts = pc.value_counts(tokens)
+        twice = set(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+        seen: dict = {}
+        for row, token in enumerate(tokens.to_pylist()):  # only on the error path
+            if token in twice and token in seen:
+                raise ValueError(
+                    f"{where}: field {name!r} lists token {token!r} twice (rows {seen[token]} and {row}); "
+                    "tokens must be unique"
+                )
+            seen.setdefault(token, row)
     uniq, first, counts = np.unique(index, return_index=True, return_counts=True)
     if len(uniq) != len(index):
         dup = uniq[counts > 1][0]
@@ -114,10 +127,11 @@ class Vocabulary:
     def __init__(self, tables: Mapping[str, pa.Table], *, source: str = "<memory>"):
         self.source = source
         self._tables = {name: _check_table(name, t, source) for name, t in tables.items()}
+        # Kernel lookup tables are built on first use: only processes that encode
+        # (workers) pay for them, not the client that plans a job.
         self._lookups: dict[str, tuple] = {}
+        self._lookups_lock = threading.Lock()
         self._checked: set[tuple] = set()
-        for name in self._tables:  # build now so duplicate tokens fail at load, not mid-job
-            self._build(name)
 
     # -------------------------------------------------------------- mapping access
     @property
@@ -146,8 +160,12 @@ class Vocabulary:
         """SHA-256 over every table's tokens and indices (what a manifest records)."""
         h = hashlib.sha256()
         for name in self.names:
+            tokens = self._tables[name].column("token").combine_chunks()
+            offsets = np.frombuffer(tokens.buffers()[1], dtype=np.int32)[tokens.offset : tokens.offset + len(tokens) + 1]
+            data = tokens.buffers()[2]
             h.update(name.encode() + b"\0")
-            h.update(self._lookups[name][1].tobytes())  # the arena: lengths, tokens and order
+            h.update(np.diff(offsets).astype(np.int64).tobytes())  # lengths, tokens and their order
+            h.update(b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]])
             h.update(self._tables[name].column("index").combine_chunks().to_numpy().tobytes())
         return h.hexdigest()
 
@@ -164,17 +182,10 @@ class Vocabulary:
         # Load factor at most 1/2 keeps linear probes short on hits and misses alike.
         capacity = 1 << max(4, int(2 * max(len(tokens), 1) - 1).bit_length())
         slots, arena, dup = cpu.build_table(offsets, data, values, capacity)
-        if dup >= 0:
-            token = tokens[int(dup)]
-            first = pc.index(tokens.slice(0, int(dup)), token).as_py()
-            raise ValueError(
-                f"{self.source}: field {name!r} lists token {token.as_py()!r} twice "
-                f"(rows {first} and {dup}); tokens must be unique"
-            )
+        assert dup < 0, "duplicate tokens are refused by _check_table"
         slots.flags.writeable = False
         arena.flags.writeable = False
-        self._lookups[name] = (slots, arena)
-        return self._lookups[name]
+        return slots, arena
 
     def lookup(self, field: Field) -> tuple:
         """The kernel's lookup tuple for ``field`` (built once, then cached)."""
@@ -184,9 +195,11 @@ class Vocabulary:
                 f"(expected {field.name}.parquet; it has {self.names or 'no tables'}); "
                 "fit one with `dscore vocab JOB.yaml` or give the field buckets=N"
             )
-        lk = self._lookups[field.name]
+        with self._lookups_lock:  # tasks on several threads share one worker's tables
+            if field.name not in self._lookups:
+                self._lookups[field.name] = self._build(field.name)
         self._warn_unnormalized(field)
-        return lk
+        return self._lookups[field.name]
 
     def _warn_unnormalized(self, field: Field) -> None:
         key = (field.name, field.lower, field.strip)

@@ -10,10 +10,14 @@ threaded scheduler, a test) it is created on first use and leaves threads alone.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import os
 import threading
+import time
 
 from distributed import WorkerPlugin
 
@@ -85,20 +89,58 @@ class Runtime:
         return model
 
     def vocab(self, task):
+        """``task``'s mapping tables. With ``task.vocab_fp`` None (``warm``): those held
+        for its path, else what the directory holds now, kept under its own
+        fingerprint; a task whose fingerprint differs loads them again."""
         from .vocab import Vocabulary
 
         if task.vocab is None:
             return None
         key = (task.vocab, task.vocab_fp)
         with self._lock:
+            if task.vocab_fp is None:  # warming up: the tables held for this path will do
+                key = next((k for k in self.vocabs if k[0] == task.vocab), key)
             if key not in self.vocabs:
-                self.vocabs.clear()
                 vocab = Vocabulary.load(task.vocab, fields=task.fields, storage_options=task.storage_options)
-                if task.vocab_fp and vocab.fingerprint() != task.vocab_fp:
+                fp = vocab.fingerprint()
+                if task.vocab_fp and fp != task.vocab_fp:
                     raise RuntimeError(f"mapping tables in {task.vocab!r} changed while the job was running")
+                self.vocabs.clear()
+                key = (task.vocab, fp)
                 self.vocabs[key] = vocab
                 self.loads["vocab"] += 1
             return self.vocabs[key]
+
+    def warm(self, task, piece) -> None:
+        """Load ``task``'s tables and model, compile the encode kernels for its input's
+        Arrow types and choose the model's batch size and mode on ``piece``'s first rows,
+        before any task asks: run in a thread as soon as the worker exists, while the
+        client still plans. Fingerprints missing from ``task`` are computed here; the
+        job's tasks bring the client's, and find these loads when they agree.
+
+        Best effort: a failure is logged, and the first task meets it again and fails
+        with the job's own error.
+        """
+        import dataclasses
+
+        from .encoding import encode_table
+        from .model import fingerprint
+        from .optimize import TUNE_ROWS
+
+        t0 = time.perf_counter()
+        try:
+            if task.model_fp is None:
+                task = dataclasses.replace(task, model_fp=fingerprint(task.model.path, task.storage_options))
+            vocab = self.vocab(task)
+            model = self.model(task)
+            table = _head(task, piece, TUNE_ROWS)
+            if table is not None:
+                arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
+                self.ready_model(task, arrays)
+            log.info("dscore worker warm in %.1fs: model on %s, batch %d, mode %s", time.perf_counter() - t0,
+                     model.device, model.batch_size, model.mode)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.info("dscore worker warm-up stopped (the first task will retry): %s: %s", type(e).__name__, e)
 
     def close(self) -> None:
         """Drop the model, tables and buffers; hand GPU memory back (torch's cache, and
@@ -127,6 +169,7 @@ def runtime() -> Runtime:
     if _RUNTIME is None:
         _RUNTIME = Runtime()
         if _in_dask_worker():
+            tune_malloc()
             log.warning(
                 "dscore's worker plugin is not registered on this worker, so torch's threads are not "
                 "set for it; call Scorer.register(client) (dscore.run does this) before computing"
@@ -135,6 +178,38 @@ def runtime() -> Runtime:
 
 
 RELEASE_AT = 0.6  # of the worker's memory limit
+
+# glibc picks its mmap and trim thresholds dynamically (up to 32 MiB and 64 MiB on
+# 64-bit) until any MALLOC_*_ variable is set. Dask's nanny spawns every worker with
+# MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ), which freezes
+# the mmap threshold at 128 KiB and trims heaps above 64 KiB free: every micro-batch's
+# (batch, positions, dim) intermediate then comes from fresh zero-filled pages, mapped
+# and unmapped on each call (~1000 page faults a call for a batch of 256 x 64 tokens),
+# and models ran 3-4x slower in workers than in a plain process. dscore sets glibc's
+# own dynamic ceilings instead, and trims explicitly near the memory limit
+# (``relieve_memory``), which is what bounds a worker's memory.
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # glibc only (not musl, not macOS)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_malloc() -> bool:
+    """Give this process glibc's default-like malloc thresholds; False where not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
 
 
 def peak_rss() -> int:
@@ -157,10 +232,11 @@ def peak_rss() -> int:
 
 
 def relieve_memory() -> None:
-    """Near the worker's memory limit, hand Arrow's freed memory back to the system.
+    """Near the worker's memory limit, hand freed memory back to the system.
 
-    Arrow's allocator keeps freed memory for reuse, so a worker's footprint drifts
-    up to its largest partitions'. Releasing it after every partition costs about
+    Arrow's allocator keeps freed memory for reuse, and glibc keeps up to
+    ``MALLOC_TRIM_THRESHOLD`` free at the top of each heap, so a worker's footprint
+    drifts up to its largest partitions'. Releasing after every partition costs about
     10% throughput (measured), so it is done only above ``RELEASE_AT`` of the limit.
     """
     import psutil
@@ -174,6 +250,26 @@ def relieve_memory() -> None:
         return
     if limit and psutil.Process().memory_info().rss > RELEASE_AT * limit:
         pa.default_memory_pool().release_unused()
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)
+
+
+def _head(task, piece, rows: int):
+    """The first ``rows`` rows of ``piece`` (its first row group), or None for CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import io
+
+    if piece.format != "parquet":
+        return None
+    fs, path = io.url_to_fs(piece.url, task.storage_options)
+    with fs.open(path, "rb") as f:
+        in_file = io.in_file_columns(piece, task.columns)
+        batches = pq.ParquetFile(f).iter_batches(batch_size=rows, columns=in_file, row_groups=[piece.rg_start])
+        batch = next(batches, None)
+    return None if batch is None else io.with_partitions(pa.Table.from_batches([batch]), piece, task.columns, task.reading)
 
 
 def _in_dask_worker() -> bool:
@@ -207,12 +303,16 @@ class DscorePlugin(WorkerPlugin):
         Threads per worker process. Precedence: ``DSCORE_TORCH_THREADS`` in the
         worker's environment (the cluster scripts set it), then this argument,
         then the worker's share of its host's cores.
+    warm : (TaskSpec, Piece), optional
+        A job to get ready for as soon as the worker exists (``Runtime.warm``), also
+        when a worker restarts.
     """
 
     name = "dscore"
 
-    def __init__(self, torch_threads=None):
+    def __init__(self, torch_threads=None, warm=None):
         self.torch_threads = torch_threads
+        self.warm = warm  # (TaskSpec, Piece): what Runtime.warm prepares, or None
 
     def setup(self, worker):
         from .model import set_threads
@@ -228,8 +328,12 @@ class DscorePlugin(WorkerPlugin):
         if not threads:
             threads = default_torch_threads(worker.state.nthreads, host_cores(), 1)
         set_threads(threads)
+        if not tune_malloc():
+            log.info("dscore worker %s: not glibc, malloc thresholds left as they are", worker.address)
         _RUNTIME = Runtime(threads)
         log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)
+        if self.warm is not None:
+            threading.Thread(target=_RUNTIME.warm, args=self.warm, name="dscore-warm", daemon=True).start()
 
     def teardown(self, worker):
         global _RUNTIME

@@ -16,6 +16,7 @@ import pytest
 
 import dscore
 from dscore.demo import make_table, package_names
+from dscore.pipeline import JobError
 from dscore.worker import peak_rss
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -73,3 +74,48 @@ def test_soak_rss_does_not_grow(demo, tmp_path):
     growth = (end - after_50) / after_50
     print(f"\nsoak: 300 partitions, RSS after 50: {after_50 / 2**20:.1f} MiB, at the end {end / 2**20:.1f} MiB ({growth:+.2%})")
     assert growth < 0.10
+
+
+def test_row_group_larger_than_the_worker_memory_is_streamed(demo, tmp_path):
+    """One 1.5M-row row group decoding to more than the worker's 1 GB limit: a piece
+    cannot be smaller than a row group, so it is read, scored and written in slices;
+    the worker is never restarted and every row is scored once."""
+    from distributed import Client, LocalCluster
+
+    limit, rows = 1_000_000_000, 1_500_000
+    block = make_table(25_000, seed=5, apps=package_names(5000))
+    table = pa.concat_tables([block] * (rows // 25_000))
+    table = table.set_column(0, "user_id", pa.array(np.arange(rows, dtype=np.int64)))
+    assert table.nbytes > limit
+    pq.write_table(table, tmp_path / "huge.parquet", row_group_size=rows)
+    del table
+    job = {**demo["job"], "input": str(tmp_path / "huge.parquet"), "output": str(tmp_path / "out")}
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=":0") as lc, Client(lc) as c:
+        pid = list(c.run(os.getpid).values())[0]
+        report = dscore.run(job, client=c, progress=False)
+        peak = list(c.run(peak_rss).values())[0]
+        assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
+    print(f"\nhuge row group: {rows:,} rows in one row group, worker peak RSS {peak / 2**20:.0f} MiB of "
+          f"{limit / 2**20:.0f} MiB, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
+    assert report.status == "complete" and report.partitions == 1 and report.rows == rows
+    out = pq.read_table(tmp_path / "out" / "part-000000.parquet")
+    assert out.column("user_id").to_numpy().tolist() == list(range(rows))  # in input order, once each
+    assert peak < limit
+
+
+def test_worker_killed_by_memory_names_the_piece_and_the_knobs(demo, tmp_path):
+    """Slices larger than the worker can hold (partition_bytes far above its limit): the
+    nanny kills it until the scheduler gives up, and the error names the file, its row
+    groups, the limit and what to change, not a task key."""
+    from distributed import Client, LocalCluster
+
+    block = make_table(25_000, seed=6, apps=package_names(5000))
+    table = pa.concat_tables([block] * 40)
+    table = table.set_column(0, "user_id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=table.num_rows)
+    job = {**demo["job"], "input": str(tmp_path / "big.parquet"), "output": str(tmp_path / "out"),
+           "partition_bytes": "8GiB", "retries": 0}  # fmt: skip
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="700MB", dashboard_address=":0") as lc, Client(lc) as c:
+        with pytest.raises(JobError, match=r"big\.parquet \(row groups 0-0\): the workers scoring it died "
+                           r"\d+ times, most likely out of memory \(worker memory limit: 0\.65 GiB\)\. Lower partition_bytes"):
+            dscore.run(job, client=c, progress=False)

@@ -106,3 +106,29 @@ def test_compile_pads_the_last_batch_and_is_exact(demo, arrays):
     assert model.mode == "compile" and model.pad
     got = model.predict(arrays)  # 2000 rows: three full batches and one padded
     assert np.abs(got - plain).max() <= 1e-6
+
+
+def test_race_interleaves_rotating_rounds_and_takes_medians():
+    """A burst of load that hits one round falls on every candidate alike, and one
+    outlier timing does not decide."""
+    calls = []
+    timings = {"a": iter([10, 10, 99, 10, 10]), "b": iter([20, 20, 20, 1, 20]), "c": iter([5, 5, 5, 5, 5])}
+
+    def run(name):
+        calls.append(name)
+        return next(timings[name])
+
+    rates = opt.race({n: (lambda n=n: run(n)) for n in "abc"}, rounds=5)
+    assert rates == {"a": 10.0, "b": 20.0, "c": 5.0}
+    firsts = [calls[i] for i in range(0, 15, 3)]
+    assert firsts == ["a", "b", "c", "a", "b"]  # each round starts with the next candidate
+    assert all(sorted(calls[i : i + 3]) == ["a", "b", "c"] for i in range(0, 15, 3))
+
+
+def test_autotune_keeps_the_best_median_after_the_confirmation_race(demo, arrays, monkeypatch):
+    """The two best candidates race again and the kept size is the best over all rounds."""
+    model = load(demo, batch_size="auto")
+    speed = {256: 100.0, 1024: 300.0}
+    monkeypatch.setattr(opt, "_pass_rate", lambda m, sample, b: speed[b])
+    best, rates = opt.autotune_batch(model, {n: a[:1024] for n, a in arrays.items()})
+    assert best == 1024 and rates == {256: 100.0, 1024: 300.0}
