@@ -105,13 +105,13 @@ def _read_piece(piece, columns, storage_options):
 def run_read_only(job: str, layout: Layout) -> dict:
     """Reading the needed columns of every partition, on the same layout."""
     from . import io
-    from .pipeline import TaskSpec, plan_pieces
+    from .pipeline import input_columns, plan_pieces
     from .spec import JobSpec
 
     spec = JobSpec.load(job)
-    fs, paths = io.expand(list(spec.input))
-    pieces = plan_pieces(spec, fs, paths)
-    columns = TaskSpec(spec.fields, spec.model, "", None, None, spec.id_columns).columns
+    fs, files = io.expand(list(spec.input))
+    pieces = plan_pieces(spec, fs, files)
+    columns = input_columns(spec.fields, spec.id_columns)
     cluster, client = _cluster(layout)
     try:
         t = time.perf_counter()

@@ -123,6 +123,7 @@ def vocab(job, scheduler, sets, min_count, max_size):
             fitted = Vocabulary.fit(
                 list(spec.input), spec.fields, min_count=min_count, max_size=max_size,
                 storage_options=spec.storage_options, partition_rows=spec.partition_rows,
+                csv=spec.csv, partition_types=spec.partition_types,
             )  # fmt: skip
         fitted.save(spec.vocab, storage_options=spec.storage_options)
     except _errors() as e:

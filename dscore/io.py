@@ -4,25 +4,50 @@ A *piece* is the unit of work everywhere in dscore: one input file, or a run of
 consecutive row groups of one parquet file. Its identity (path, row-group range,
 size, modification time or etag) is what the output manifest records, so pieces
 must be deterministic for the same input.
+
+What an input URL covers (``expand``): a file; a directory, read as a dataset of
+every data file below it; or a glob, whose matches are files or such directories
+(a Spark ``y.parquet/`` folder of part files). Names starting with ``_`` or ``.``
+(``_SUCCESS``, ``_temporary/``, ``.crc`` files) are ignored at every level below
+the URL's fixed part, as Spark, Hive and pyarrow.dataset do; every other file must
+be parquet or CSV, or the job fails naming it: nothing matched is skipped silently.
+Hive-style ``key=value`` directories give their files' rows a column ``key``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import io as _io
-import os
 import posixpath
+import re
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .spec import CsvSpec
+
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
+PARQUET_MAGIC = b"PAR1"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark and Hive name a null partition value
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A data file of the input, with the hive-style ``key=value`` directories
+    between the input's fixed part and the file, as ``((key, value), ...)``
+    (``value`` is ``None`` for Hive's null partition)."""
+
+    path: str
+    partitions: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -37,16 +62,20 @@ class Piece:
     rows: int | None
     size: int
     version: str
+    partitions: tuple = ()  # InputFile.partitions
 
     def identity(self) -> dict:
         """What must not change between a run and its resume."""
-        return {
+        ident = {
             "url": self.url,
             "row_groups": [self.rg_start, self.rg_stop],
             "rows": self.rows,
             "size": self.size,
             "version": self.version,
         }
+        if self.partitions:  # only then: identities (and input digests) of other inputs stay as they were
+            ident["partitions"] = dict(self.partitions)
+        return ident
 
     def describe(self) -> str:
         if self.format == "parquet":
@@ -96,15 +125,85 @@ def _format(path: str) -> str:
     return "parquet"
 
 
-def _is_data_file(path: str) -> bool:
-    base = os.path.basename(path.rstrip("/"))
-    return not base.startswith(("_", ".")) and base.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)
+def ignored(name: str) -> bool:
+    """Names that Spark, Hive and pyarrow.dataset skip: ``_SUCCESS``, ``_temporary``,
+    ``_metadata``, ``.crc`` and other hidden files. Spark keeps ``_key=value``
+    directories (they are partitions), and so does dscore."""
+    return name.startswith(".") or (name.startswith("_") and "=" not in name)
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _below(path: str, root: str) -> list[str]:
+    """The components of ``path`` below the directory ``root``."""
+    root = root.rstrip("/")
+    rel = path[len(root) :] if root and path.startswith(root + "/") else path
+    return [c for c in rel.split("/") if c]
+
+
+def _hive(path: str, root: str) -> tuple:
+    """``((key, value), ...)`` of the ``key=value`` directories between ``root`` and ``path``."""
+    out = []
+    for part in _below(path, root)[:-1]:
+        key, eq, value = part.partition("=")
+        if eq and key:
+            value = unquote(value)  # Spark escapes /, =, % and others in partition values
+            out.append((unquote(key), None if value == HIVE_NULL else value))
+    return tuple(out)
+
+
+def _check_data_file(fs, path: str, url: str) -> None:
+    """Parquet or CSV by its suffix, or parquet by its first bytes (Hive names its
+    files ``000000_0``); anything else fails naming it, rather than being skipped."""
+    if path.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES):
+        return
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(len(PARQUET_MAGIC))
+    except OSError as e:
+        raise InputError(full_url(fs, path), None, None, f"cannot be read: {type(e).__name__}: {e}") from e
+    if head != PARQUET_MAGIC:
+        raise InputError(
+            full_url(fs, path), None, None,
+            f"matched by input {url!r} but neither parquet ({', '.join(PARQUET_SUFFIXES)}, or starting with "
+            f"PAR1) nor CSV ({', '.join(CSV_SUFFIXES)}); move it out of the input, narrow the input, or "
+            "rename it with a leading _ or . to have it ignored",
+        )  # fmt: skip
+
+
+def _expand_one(fs, url: str, path: str) -> list[InputFile]:
+    """The data files ``url`` covers, sorted; see the module docstring."""
+    if _has_magic(path):
+        parts = path.split("/")
+        fixed = next(i for i, p in enumerate(parts) if _has_magic(p))
+        root = "/".join(parts[:fixed])
+        matches = fs.glob(path, detail=True)
+        dirs = {m for m, info in matches.items() if info.get("type") == "directory"}
+        candidates = [m for m in matches if m not in dirs] + [p for d in sorted(dirs) for p in fs.find(d)]
+    elif fs.isdir(path):
+        root, candidates = path, fs.find(path)
+    elif fs.exists(path):
+        return [InputFile(path)]  # named by the user: read whatever its name
+    else:
+        raise FileNotFoundError(f"input {url!r} does not exist")
+    kept = sorted({p for p in candidates if not any(ignored(c) for c in _below(p, root))})
+    if not kept:
+        skipped = sorted({_below(p, root)[0] for p in candidates})
+        note = f"; names starting with _ or . are ignored: {', '.join(skipped[:5])}" if skipped else ""
+        raise FileNotFoundError(f"input {url!r} matched no data files (*.parquet, *.csv){note}")
+    for p in kept:
+        _check_data_file(fs, p, url)
+    return [InputFile(p, _hive(p, root)) for p in kept]
 
 
 def expand(url: str | list[str], storage_options: dict | None = None):
-    """``(fs, paths)``: a file, a directory of data files, a glob, or a list of those.
+    """``(fs, files)``: the ``InputFile``s of a file, a directory of data files, a
+    glob, or a list of those; sorted per URL, each file once.
 
-    Raises ``FileNotFoundError`` naming the URL when nothing matches.
+    Raises ``FileNotFoundError`` naming the URL when nothing matches, and
+    ``InputError`` naming a matched file that is neither parquet nor CSV.
     """
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
@@ -113,21 +212,12 @@ def expand(url: str | list[str], storage_options: dict | None = None):
     # fsspec shares filesystem instances within a process, and object stores cache
     # listings in them: a job must see the input as it is now (its versions name it).
     fs.invalidate_cache()
-    paths: list[str] = []
+    files: dict[str, InputFile] = {}
     for u in urls:
         _, path = url_to_fs(u, storage_options)
-        if any(c in path for c in "*?["):
-            found = sorted(p for p in fs.glob(path) if not fs.isdir(p))
-        elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if _is_data_file(p))
-        elif fs.exists(path):
-            found = [path]
-        else:
-            raise FileNotFoundError(f"input {u!r} does not exist")
-        if not found:
-            raise FileNotFoundError(f"input {u!r} matched no data files (*.parquet, *.csv)")
-        paths.extend(found)
-    return fs, paths
+        for f in _expand_one(fs, u, path):
+            files.setdefault(f.path, f)  # a file two URLs cover is still read once
+    return fs, list(files.values())
 
 
 def _version(info: dict) -> str:
@@ -141,62 +231,176 @@ def full_url(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _plan_file(fs, path: str, partition_rows: int, partition_bytes: int | None = None):
-    info = fs.info(path)
-    url, size, version = full_url(fs, path), int(info.get("size") or 0), _version(info)
-    if _format(path) == "csv":
-        return [(url, "csv", 0, 1, None, size, version)]
+def _parquet_footer(fs, path: str) -> pq.FileMetaData:
     try:
         with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+            return pq.ParquetFile(f).metadata
     except Exception as e:
-        raise InputError(url, None, None, f"not a readable parquet file (footer): {type(e).__name__}: {e}") from e
+        raise InputError(
+            full_url(fs, path), None, None, f"not a readable parquet file (footer): {type(e).__name__}: {e}"
+        ) from e
+
+
+def _plan_file(fs, file: InputFile, partition_rows: int, partition_bytes, reading, id_types):
+    path = file.path
+    info = fs.info(path)
+    url, size, version = full_url(fs, path), int(info.get("size") or 0), _version(info)
+    tail = (size, version, file.partitions)
+    if _format(path) == "csv":
+        if id_types is not None:  # the types read_piece gives them: the job's, or string
+            id_types.check(url, reading.types(file, None, id_types.columns))
+        return [(url, "csv", 0, 1, None, *tail)]
+    meta = _parquet_footer(fs, path)
+    if id_types is not None:
+        id_types.check(url, reading.types(file, meta.schema.to_arrow_schema(), id_types.columns))
     if meta.num_row_groups == 0:
-        return [(url, "parquet", 0, 0, 0, size, version)]
+        return [(url, "parquet", 0, 0, 0, *tail)]
     out, start, rows, nbytes = [], 0, 0, 0
     for rg in range(meta.num_row_groups):
         n, b = meta.row_group(rg).num_rows, meta.row_group(rg).total_byte_size
         if rows and (rows + n > partition_rows or (partition_bytes and nbytes + b > partition_bytes)):
-            out.append((url, "parquet", start, rg, rows, size, version))
+            out.append((url, "parquet", start, rg, rows, *tail))
             start, rows, nbytes = rg, 0, 0
         rows += n
         nbytes += b
-    out.append((url, "parquet", start, meta.num_row_groups, rows, size, version))
+    out.append((url, "parquet", start, meta.num_row_groups, rows, *tail))
     return out
 
 
 def plan(
-    fs, paths: list[str], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None,
-    partition_bytes: int | None = None,
+    fs, files: list[InputFile], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None,
+    partition_bytes: int | None = None, reading: Reading | None = None, id_types: IdTypes | None = None,
 ) -> list[Piece]:  # fmt: skip
     """Pieces of at most ``partition_rows`` rows and ``partition_bytes`` uncompressed
     bytes (parquet metadata), but at least one row group, each.
 
-    A file whose footer cannot be read raises ``InputError``, or, when ``bad`` is a
-    list, is appended to it as ``(url, identity, error)`` and left out of the plan.
-    Footers are read in a thread pool: on object stores each is a round trip.
+    A file whose footer cannot be read, or whose id columns differ in type from
+    ``id_types`` (parquet footers; CSV columns as ``reading`` types them), raises
+    ``InputError``, or, when ``bad`` is a list, is appended to it as ``(url,
+    identity, error)`` and left out of the plan. Footers are read in a thread pool:
+    on object stores each is a round trip.
     """
+    reading = reading or Reading()
 
-    def one(path):
+    def one(file):
         try:
-            return _plan_file(fs, path, partition_rows, partition_bytes)
+            return _plan_file(fs, file, partition_rows, partition_bytes, reading, id_types)
         except InputError as e:
             if bad is None:
                 raise
             return e
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
-        per_file = list(pool.map(one, paths))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+        per_file = list(pool.map(one, files))
     pieces = []
-    for path, parts in zip(paths, per_file):
+    for file, parts in zip(files, per_file):
         if isinstance(parts, InputError):
-            info = fs.info(path)
-            identity = {"url": full_url(fs, path), "size": info.get("size"), "version": _version(info)}
+            info = fs.info(file.path)
+            identity = {"url": full_url(fs, file.path), "size": info.get("size"), "version": _version(info)}
             bad.append((parts.url, identity, str(parts)))
             continue
         for args in parts:
             pieces.append(Piece(len(pieces), *args))
     return pieces
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How input files are read beyond what they say themselves: the job's ``csv:``
+    options (``spec.CsvSpec``) and the Arrow types of hive partition columns
+    (``partition_types``; string unless given).
+
+    CSV columns that dscore reads (id and field columns) are strings unless
+    ``csv.column_types`` types them: type inference would turn an id ``"00123"``
+    into the integer 123.
+    """
+
+    csv: CsvSpec | None = None
+    partition_types: Mapping = dataclasses.field(default_factory=dict)
+
+    def partition_type(self, column: str) -> pa.DataType:
+        return pa.type_for_alias(self.partition_types.get(column, "string"))
+
+    def csv_type(self, column: str) -> pa.DataType:
+        declared = (self.csv.column_types if self.csv else {}).get(column)
+        return pa.type_for_alias(declared) if declared else pa.string()
+
+    def types(self, file: InputFile, schema: pa.Schema | None, columns: Sequence[str]) -> dict:
+        """Types of ``file``'s ``columns`` as ``read_piece`` gives them: partition
+        columns as typed here; others from the parquet ``schema``, or for CSV (``schema``
+        None) as typed here. Columns the file lacks are left out."""
+        parts = dict(file.partitions)
+        out = {}
+        for c in columns:
+            if c in parts:
+                out[c] = self.partition_type(c)
+            elif schema is None:
+                out[c] = self.csv_type(c)
+            elif c in schema.names:
+                out[c] = schema.field(c).type
+        return out
+
+    def csv_options(self, columns: Sequence[str], include: Sequence[str] | None = None) -> dict:
+        """Keyword arguments of ``pyarrow.csv.read_csv`` / ``open_csv``: ``columns`` as
+        strings unless typed, only ``include`` read (all when None)."""
+        c = self.csv or CsvSpec()
+        names = list(c.column_names) if c.column_names else None
+        read = pacsv.ReadOptions(
+            column_names=names,
+            autogenerate_column_names=not c.header and not names,  # f0, f1, ...
+            skip_rows=1 if (c.header and names) else 0,  # the names replace the file's header line
+        )
+        types = {col: pa.string() for col in columns}
+        types.update({col: pa.type_for_alias(t) for col, t in c.column_types.items()})
+        return {
+            "read_options": read,
+            "parse_options": pacsv.ParseOptions(delimiter=c.delimiter, quote_char=c.quote_char),
+            "convert_options": pacsv.ConvertOptions(column_types=types, include_columns=list(include or ())),
+        }
+
+    def partition_column(self, piece: Piece, column: str, rows: int) -> pa.Array:
+        """The value of ``piece``'s hive directory ``column=value``, repeated ``rows`` times."""
+        value, typ = dict(piece.partitions)[column], self.partition_type(column)
+        try:
+            scalar = pa.scalar(value, pa.string()).cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InputError(
+                piece.url, None, column,
+                f"hive directory {column}={value} is not of type {typ} (partition_types.{column}); "
+                "fix the directory name or the type",
+            ) from e  # fmt: skip
+        return pa.repeat(scalar, rows)
+
+
+@dataclass(frozen=True)
+class IdTypes:
+    """The id columns' Arrow types in the first input file. They become the output
+    parts' schema, so every file must have the same (``check``)."""
+
+    types: tuple  # ((column, pa.DataType), ...)
+    source: str  # the first file's URL
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c, _ in self.types]
+
+    @classmethod
+    def of(cls, schema: pa.Schema, id_columns: Sequence[str], source: str) -> IdTypes:
+        return cls(tuple((c, schema.field(c).type) for c in id_columns if c in schema.names), source)
+
+    def check(self, url: str, types: Mapping[str, pa.DataType], row_groups=None) -> None:
+        """Raise ``InputError`` naming ``url`` and the column if an id column's type in
+        ``types`` differs (a missing column is ``read_piece``'s to report)."""
+        for column, want in self.types:
+            got = types.get(column)
+            if got is not None and got != want:
+                typed = want if want != pa.string() else got  # CSV reads ids as strings unless typed
+                raise InputError(
+                    url, row_groups, column,
+                    f"id column type is {got} here but {want} in {self.source} (the first input file); "
+                    f"output parts must share one schema: cast the column to {want} in this file, "
+                    f"or, for CSV input, type it in the job (csv: {{column_types: {{{column}: {typed}}}}})",
+                )  # fmt: skip
 
 
 class InputError(Exception):
@@ -215,41 +419,42 @@ class InputError(Exception):
         return (InputError, (self.url, self.row_groups, self.column, self.reason))
 
 
-def read_piece(fs, piece: Piece, columns: list[str]) -> pa.Table:
-    """Read only ``columns`` of ``piece``; errors are ``InputError`` naming the file."""
+def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = None) -> pa.Table:
+    """Read only ``columns`` of ``piece`` (hive partition columns included, as
+    ``reading`` types them); errors are ``InputError`` naming the file."""
+    reading = reading or Reading()
     path = fs._strip_protocol(piece.url)
     rgs = (piece.rg_start, piece.rg_stop) if piece.format == "parquet" else None
+    in_file = in_file_columns(piece, columns)
     try:
         with fs.open(path, "rb") as f:
             if piece.format == "csv":
-                table = pacsv.read_csv(f)
+                table = pacsv.read_csv(f, **reading.csv_options(columns, include=in_file))
             else:
                 pf = pq.ParquetFile(f)
-                missing = [c for c in columns if c not in pf.schema_arrow.names]
-                if missing:
-                    raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
-                table = pf.read_row_groups(range(piece.rg_start, piece.rg_stop), columns=columns)
+                check_file_columns(piece, pf.schema_arrow.names, columns)
+                table = pf.read_row_groups(range(piece.rg_start, piece.rg_stop), columns=in_file)
     except InputError:
         raise
+    except pa.ArrowKeyError as e:  # CSV: a column in include_columns is not in the header
+        missing = re.search(r"Column '(.*)' in include_columns", str(e))
+        reason = "column is missing from the file" if missing else f"{type(e).__name__}: {e}"
+        raise InputError(piece.url, rgs, missing and missing.group(1), reason) from e
     except Exception as e:
         raise InputError(piece.url, rgs, None, f"{type(e).__name__}: {e}") from e
-    if piece.format == "csv":
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise InputError(piece.url, None, missing[0], "column is missing from the file")
-        table = table.select(columns)
-    return table
+    return with_partitions(table, piece, columns, reading)
 
 
-def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None):
+def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None, reading: Reading | None = None):
     """``read_piece`` as one table, or, when its row groups decode to more than
     ``max_bytes`` (a piece is at least one row group, and a writer may make one row
     group of millions of rows), as consecutive tables of about ``max_bytes / 4`` each,
     streamed from the file in record batches: a worker's memory then bounds the
     partition size, not the input's row-group size. Errors are ``InputError``.
     """
+    reading = reading or Reading()
     if piece.format != "parquet" or not max_bytes:
-        yield read_piece(fs, piece, columns)
+        yield read_piece(fs, piece, columns, reading)
         return
     rgs = (piece.rg_start, piece.rg_stop)
     with _input_errors(piece.url, rgs):
@@ -260,34 +465,38 @@ def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = Non
             # groups at once: 500 MiB for a 1.5M-row row group before the first batch)
             # nor unbuffered (a column chunk read whole).
             pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER, pre_buffer=False)
-            missing = [c for c in columns if c not in pf.schema_arrow.names]
-            if missing:
-                raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
-            meta, wanted = pf.metadata, set(columns)
+            check_file_columns(piece, pf.schema_arrow.names, columns)
+            in_file = in_file_columns(piece, columns)
+            meta, wanted = pf.metadata, set(in_file)
             nbytes = sum(
                 meta.row_group(rg).column(i).total_uncompressed_size
                 for rg in range(*rgs)
                 for i in range(meta.num_columns)
                 if meta.row_group(rg).column(i).path_in_schema.split(".")[0] in wanted
             )
-            if nbytes <= max_bytes:
-                table = pf.read_row_groups(range(*rgs), columns=columns)
-        if nbytes <= max_bytes:
-            yield table
+        if nbytes > max_bytes:
+            yield from _stream(pf, piece, columns, reading, max_bytes, nbytes)
             return
-        rows = sum(meta.row_group(rg).num_rows for rg in range(*rgs))
-        # Slices of a quarter of the budget: reading one peaks at about 3x its decoded
-        # size (builders grow by doubling, then copy; measured 280 MiB for 64 MiB slices).
-        batches = pf.iter_batches(
-            batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
-            columns=columns, use_threads=False,
-        )  # fmt: skip
-        while True:
-            with _input_errors(piece.url, rgs):
-                batch = next(batches, None)
-            if batch is None:
-                return
-            yield pa.Table.from_batches([batch])
+    # Within budget: read whole, pre-buffered (coalesced reads matter on object stores).
+    yield read_piece(fs, piece, columns, reading)
+
+
+def _stream(pf, piece: Piece, columns, reading, max_bytes: int, nbytes: int):
+    """``iter_piece``'s slices of a piece that decodes to ``nbytes`` > ``max_bytes``."""
+    rgs = (piece.rg_start, piece.rg_stop)
+    rows = sum(pf.metadata.row_group(rg).num_rows for rg in range(*rgs))
+    # Slices of a quarter of the budget: reading one peaks at about 3x its decoded
+    # size (builders grow by doubling, then copy; measured 280 MiB for 64 MiB slices).
+    batches = pf.iter_batches(
+        batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
+        columns=in_file_columns(piece, columns), use_threads=False,
+    )  # fmt: skip
+    while True:
+        with _input_errors(piece.url, rgs):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield with_partitions(pa.Table.from_batches([batch]), piece, columns, reading)
 
 
 STREAM_BUFFER = 1 << 23
@@ -304,9 +513,49 @@ def _input_errors(url, rgs):
         raise InputError(url, rgs, None, f"{type(e).__name__}: {e}") from e
 
 
-def read_schema(fs, path: str) -> pa.Schema:
-    """Arrow schema of a data file, from the parquet footer (or the CSV's first block)."""
-    with fs.open(path, "rb") as f:
-        if _format(path) == "csv":
-            return pacsv.open_csv(f).schema
-        return pq.ParquetFile(f).schema_arrow
+def in_file_columns(piece: Piece, columns: Sequence[str]) -> list[str]:
+    """The ``columns`` read from ``piece``'s file: all but its hive partition columns."""
+    parts = dict(piece.partitions)
+    return [c for c in columns if c not in parts]
+
+
+def check_file_columns(piece: Piece, names: Sequence[str], columns: Sequence[str]) -> None:
+    """``InputError`` unless the file (its column ``names``) has every one of ``columns``
+    that is not a partition column of ``piece``, and none that is."""
+    rgs, parts = (piece.rg_start, piece.rg_stop), dict(piece.partitions)
+    missing = [c for c in columns if c not in parts and c not in names]
+    if missing:
+        raise InputError(piece.url, rgs, missing[0], "column is missing from the file")
+    both = [c for c in columns if c in parts and c in names]
+    if both:
+        raise InputError(
+            piece.url, rgs, both[0], f"is a column of the file and a hive directory ({both[0]}=...) above it; rename one"
+        )
+
+
+def with_partitions(table: pa.Table, piece: Piece, columns: Sequence[str], reading: Reading) -> pa.Table:
+    """``table`` (``in_file_columns`` of ``piece``) with the partition columns added, as ``columns``."""
+    parts = dict(piece.partitions)
+    for c in columns:
+        if c in parts:
+            table = table.append_column(c, reading.partition_column(piece, c, table.num_rows))
+    return table.select(columns)
+
+
+def read_schema(fs, file: InputFile, columns: Sequence[str] = (), reading: Reading | None = None) -> pa.Schema:
+    """Arrow schema of a data file as ``read_piece`` reads it, with ``columns`` typed
+    for CSV: from the parquet footer (or the CSV's first block), plus partition
+    columns. An unreadable file is an ``InputError`` naming it."""
+    reading = reading or Reading()
+    if _format(file.path) == "csv":
+        try:
+            with fs.open(file.path, "rb") as f:
+                schema = pacsv.open_csv(f, **reading.csv_options(columns)).schema
+        except Exception as e:
+            raise InputError(full_url(fs, file.path), None, None, f"not a readable CSV file: {type(e).__name__}: {e}") from e
+    else:
+        schema = _parquet_footer(fs, file.path).schema.to_arrow_schema()
+    for key, _ in file.partitions:
+        if key not in schema.names:
+            schema = schema.append(pa.field(key, reading.partition_type(key)))
+    return schema

@@ -59,11 +59,18 @@ class TaskSpec:
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
     encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
     partition_bytes: int | None = None  # a larger row group is scored in slices of this size (io.iter_piece)
+    reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
+    id_types: io.IdTypes | None = None  # every part must have these (the first file's)
 
     @property
     def columns(self) -> list[str]:
         """Input columns to read: ids first, then each field's column once."""
-        return list(dict.fromkeys([*self.id_columns, *(f.column for f in self.fields)]))
+        return input_columns(self.fields, self.id_columns)
+
+
+def input_columns(fields, id_columns) -> list[str]:
+    """The input columns a job reads: ids first, then each field's column once."""
+    return list(dict.fromkeys([*id_columns, *(f.column for f in fields)]))
 
 
 # ---------------------------------------------------------------- per partition
@@ -111,13 +118,16 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
 
     def scored_slices():
         nonlocal rows, execution
-        slices, start = io.iter_piece(fs, piece, task.columns, task.partition_bytes), time.perf_counter()
+        slices = io.iter_piece(fs, piece, task.columns, task.partition_bytes, task.reading)
+        start = time.perf_counter()
         for table in slices:
             if rows == 0:  # this file's own schema: inputs may differ from the first file's
                 try:
                     check_schema(table.schema, task.fields, task.id_columns)
                 except (SpecError, TypeError) as e:
                     raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
+                if task.id_types is not None:  # planning saw the footer; this is what gets written
+                    task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
             seconds["read"] += time.perf_counter() - start
             scored, slice_stats, slice_seconds, execution = score_table(table, task)
             for name, s in slice_stats.items():
@@ -205,17 +215,30 @@ class Inputs:
 
     pieces: list
     unreadable: list  # (piece, identity, error) of files quarantined at planning
+    files: list  # URLs of every input file
+    id_types: io.IdTypes  # the id columns' types, which every part must have
 
 
 def plan_inputs(job: JobSpec) -> Inputs:
     """Expand the input, check the first file's schema and plan the pieces: metadata
     only, so that this fails fast (naming the file, field or column) and the cluster
     can start while the rest of ``plan_job`` loads the model."""
-    fs, paths = io.expand(list(job.input), job.storage_options)
-    first = io.full_url(fs, paths[0])
-    check_schema(io.read_schema(fs, paths[0]), job.fields, job.id_columns, first)
+    fs, files = io.expand(list(job.input), job.storage_options)
+    reading = reading_of(job)
+    unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
+    if unknown:
+        raise SpecError(
+            f"partition_types.{unknown[0]}: no input directory is named {unknown[0]}=...; "
+            "remove the key or fix the input"
+        )
+    columns = input_columns(job.fields, job.id_columns)
+    first_file, schema = _first_schema(fs, files, columns, reading, job.on_bad_input == "quarantine")
+    first = io.full_url(fs, first_file.path)
+    check_schema(schema, job.fields, job.id_columns, first)
+    id_types = io.IdTypes.of(schema, job.id_columns, first)
     bad: list | None = [] if job.on_bad_input == "quarantine" else None
-    return Inputs(plan_pieces(job, fs, paths, bad), bad or [])
+    pieces = plan_pieces(job, fs, files, bad, id_types)
+    return Inputs(pieces, bad or [], [io.full_url(fs, f.path) for f in files], id_types)
 
 
 def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
@@ -232,7 +255,8 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
     model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
     model.probe(largest_indices(job.fields, vocab))
     task = dataclasses.replace(
-        warm_task(job), model_fp=model_fp, vocab_fp=vocab.fingerprint() if vocab is not None else None
+        warm_task(job), model_fp=model_fp, vocab_fp=vocab.fingerprint() if vocab is not None else None,
+        id_types=inputs.id_types,
     )
     pieces = inputs.pieces
     header = {
@@ -246,6 +270,9 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
             "partitions": len(pieces),
             "rows": sum(p.rows or 0 for p in pieces),
             "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
+            "files": inputs.files,  # every file read, or quarantined
+            **({"csv": job.csv.to_dict()} if job.csv else {}),
+            **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
         },
     }
     unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in inputs.unreadable]
@@ -266,18 +293,39 @@ def warm_task(job: JobSpec, rows_hint: int | None = None) -> TaskSpec:
         rows_hint=rows_hint,
         encode_device=job.encode_device,
         partition_bytes=_partition_bytes(job),
+        reading=reading_of(job),
     )
 
 
-def plan_pieces(job: JobSpec, fs, paths, bad=None) -> list:
+def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
     """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
-    return io.plan(fs, paths, job.partition_rows, bad=bad, partition_bytes=_partition_bytes(job))
+    return io.plan(
+        fs, files, job.partition_rows, bad=bad, partition_bytes=_partition_bytes(job), reading=reading_of(job),
+        id_types=id_types,
+    )  # fmt: skip
 
 
 def _partition_bytes(job: JobSpec) -> int:
     from dask.utils import parse_bytes
 
     return parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
+
+
+def reading_of(job: JobSpec) -> io.Reading:
+    """How the job's input files are read (its ``csv`` and ``partition_types`` keys)."""
+    return io.Reading(job.csv, dict(job.partition_types))
+
+
+def _first_schema(fs, files, columns, reading, quarantine: bool):
+    """``(file, schema)`` of the first input file, the one the job is checked against.
+    With ``quarantine``, an unreadable file is left for the plan to quarantine and the
+    next one is used."""
+    for file in files:
+        try:
+            return file, io.read_schema(fs, file, columns, reading)
+        except io.InputError:
+            if not quarantine or file is files[-1]:
+                raise
 
 
 def largest_indices(fields, vocab) -> dict:

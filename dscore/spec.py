@@ -241,6 +241,26 @@ def _memory(where, v):
     return _check(where, v, "a byte count like 4GB or 4000000000, 'auto' or null", ok)
 
 
+def _arrow_types(where, v):
+    """``{column: Arrow type name}``; names as ``pyarrow.type_for_alias`` reads them."""
+    import pyarrow as pa
+
+    _check(where, v, "a mapping of column name to Arrow type name, like {user_id: string}", isinstance(v, dict))
+    for column, name in v.items():
+        try:
+            pa.type_for_alias(name)
+        except (ValueError, TypeError, KeyError):
+            raise SpecError(
+                f"{where}.{column}: expected an Arrow type name like string, int64, float64, date32 or "
+                f"timestamp[ms], got {_describe(name)}"
+            ) from None
+    return dict(v)
+
+
+def _one_char(where, v):
+    return _check(where, v, "one character", isinstance(v, str) and len(v) == 1)
+
+
 def _build(cls, data, where: str, checks: dict, required=()):
     """``cls(**data)`` after checking keys and values; errors name ``where.key``."""
     if not isinstance(data, dict):
@@ -339,6 +359,44 @@ class ModelSpec:
         return d
 
 
+@dataclass(frozen=True)
+class CsvSpec:
+    """How CSV input is parsed (pyarrow's CSV reader): ``delimiter``, ``quote_char``
+    (``false``: no quoting), ``header`` (the first line names the columns),
+    ``column_names`` (with ``header: true`` they replace the header line's names;
+    without a header and without names, columns are ``f0, f1, ...``), and
+    ``column_types`` (``{column: Arrow type name}``). The id and field columns dscore
+    reads are strings unless ``column_types`` types them, so that ids like ``00123``
+    stay as they are written.
+    """
+
+    _: KW_ONLY
+    delimiter: str = ","
+    quote_char: str | bool = '"'
+    header: bool = True
+    column_names: tuple | None = None
+    column_types: dict = dataclasses.field(default_factory=dict)
+
+    CHECKS = {
+        "delimiter": _one_char,
+        "quote_char": lambda w, v: _check(
+            w, v, "one character, or false for no quoting", v is False or (isinstance(v, str) and len(v) == 1)
+        ),
+        "header": _bool,
+        "column_names": _opt_str_list,
+        "column_types": _arrow_types,
+    }
+
+    @classmethod
+    def from_dict(cls, data, where: str = "csv") -> CsvSpec:
+        return _build(cls, data, where, cls.CHECKS)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["column_names"] = list(self.column_names) if self.column_names else None
+        return d
+
+
 def _cuda_n(v: str) -> bool:
     return v.startswith("cuda:") and v[5:].isdigit()
 
@@ -355,6 +413,9 @@ class JobSpec:
     ``cuda`` always on the GPU (an error on a worker without one). ``cluster:
     local-cuda`` starts a ``dask_cuda.LocalCUDACluster``: one worker per visible GPU.
     ``resources`` (e.g. ``{GPU: 1}``) are Dask worker resources each task asks for.
+    ``csv`` (``CsvSpec``) says how CSV input is parsed and typed. ``partition_types``
+    types the columns that hive-style ``key=value`` input directories give their files'
+    rows (``{key: Arrow type name}``; string by default).
     """
 
     input: tuple
@@ -375,6 +436,8 @@ class JobSpec:
     partition_bytes: int | str = "64MiB"
     on_bad_input: str = "fail"
     retries: int = 2
+    csv: CsvSpec | None = None
+    partition_types: dict = dataclasses.field(default_factory=dict)
     source: str = "<dict>"
 
     CHECKS = {
@@ -395,6 +458,8 @@ class JobSpec:
         "partition_bytes": _bytes,
         "on_bad_input": _one_of("fail", "quarantine"),
         "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
+        "csv": lambda w, v: None if v is None else CsvSpec.from_dict(v, w),
+        "partition_types": _arrow_types,
     }
     REQUIRED = ("input", "output", "fields", "model")
 
@@ -460,6 +525,7 @@ class JobSpec:
         d["id_columns"] = list(self.id_columns)
         d["fields"] = [f.to_dict() for f in self.fields]
         d["model"] = self.model.to_dict()
+        d["csv"] = self.csv.to_dict() if self.csv else None
         return d
 
 

@@ -131,20 +131,20 @@ def reference_encode(values, field, mapping=None):
 def sample(job: JobSpec, n: int, seed: int = 0) -> pa.Table:
     """``n`` input rows drawn uniformly without replacement (reproducible by ``seed``),
     with the columns the job reads and a ``__dscore_row`` column naming each."""
-    from .pipeline import TaskSpec, plan_pieces
+    from .pipeline import input_columns, plan_pieces, reading_of
 
-    fs, paths = io.expand(list(job.input), job.storage_options)
-    pieces = plan_pieces(job, fs, paths)
+    fs, files = io.expand(list(job.input), job.storage_options)
+    pieces, reading = plan_pieces(job, fs, files), reading_of(job)
     if any(p.rows is None for p in pieces):  # CSV: the row count needs a read
-        pieces = [dataclasses.replace(p, rows=io.read_piece(fs, p, []).num_rows) for p in pieces]
+        pieces = [dataclasses.replace(p, rows=io.read_piece(fs, p, [], reading).num_rows) for p in pieces]
     total = sum(p.rows for p in pieces)
     chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
-    columns = TaskSpec(job.fields, job.model, "", None, None, job.id_columns).columns
+    columns = input_columns(job.fields, job.id_columns)
     parts, start = [], 0
     for p in pieces:
         local = chosen[(chosen >= start) & (chosen < start + p.rows)] - start
         if len(local):
-            t = io.read_piece(fs, p, columns).take(pa.array(local))
+            t = io.read_piece(fs, p, columns, reading).take(pa.array(local))
             parts.append(t.append_column(ROW_ID, pa.array(local + start, pa.int64())))
         start += p.rows
     return pa.concat_tables(parts)
@@ -219,9 +219,10 @@ def verify(job, *, n: int = 100_000, seed: int = 0, tolerance: float = 1e-5, aga
     with out.fs.open(out.path("sample.parquet"), "wb") as f:
         pq.write_table(table, f)
     ids = [*spec.id_columns, ROW_ID]
-    run_job = dataclasses.replace(
-        spec, input=(out.fs.unstrip_protocol(out.path("sample.parquet")),), output=f"{base}/scores", id_columns=tuple(ids)
-    )
+    run_job = dataclasses.replace(  # the sample holds the columns as read: CSV typed, partition values in it
+        spec, input=(out.fs.unstrip_protocol(out.path("sample.parquet")),), output=f"{base}/scores", id_columns=tuple(ids),
+        csv=None, partition_types={},
+    )  # fmt: skip
     report = run(run_job, client=client, overwrite=True, progress=False)
     scored = _read_scores(out)
     got_ids = scored.column(ROW_ID).to_numpy()

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from . import io
 from .encoding import check_field_type, check_fields, tokenize
 from .kernels import cpu
-from .spec import Field
+from .spec import CsvSpec, Field
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,8 @@ class Vocabulary:
         max_size: int | None = None,
         storage_options: dict | None = None,
         partition_rows: int = 1 << 20,
+        csv: CsvSpec | dict | None = None,
+        partition_types: Mapping[str, str] | None = None,
     ) -> Vocabulary:
         """Count tokens partition by partition on Dask and number them from 2.
 
@@ -285,6 +287,9 @@ class Vocabulary:
             Tokens seen fewer times are left out (they encode as OOV).
         max_size : int, optional
             Keep at most this many tokens per field, the most frequent.
+        csv, partition_types : optional
+            How CSV input is parsed and hive directory columns are typed (the job
+            keys of these names); read exactly as ``dscore score`` reads them.
 
         Every partition is counted in its own task and the counts are merged in a
         tree, so no process ever holds a whole column. Runs on the current Dask
@@ -302,17 +307,18 @@ class Vocabulary:
             raise ValueError(f"max_size must be a positive integer or None, got {max_size!r}")
         columns = list(dict.fromkeys(f.column for f in fields))
         if isinstance(source, (str, list)):
-            fs, paths = io.expand(source, storage_options)
-            schema = io.read_schema(fs, paths[0])
+            fs, files = io.expand(source, storage_options)
+            reading = io.Reading(CsvSpec.from_dict(csv) if isinstance(csv, dict) else csv, dict(partition_types or {}))
+            first = io.full_url(fs, files[0].path)
+            schema = io.read_schema(fs, files[0], columns, reading)
             for f in fields:
                 if f.column not in schema.names:
                     raise ValueError(
-                        f"field {f.name!r}: column {f.column!r} is not in {io.full_url(fs, paths[0])}; "
-                        f"columns are {schema.names}"
+                        f"field {f.name!r}: column {f.column!r} is not in {first}; columns are {schema.names}"
                     )
-                check_field_type(f, schema.field(f.column).type, where=f"{io.full_url(fs, paths[0])}: ")
-            pieces = io.plan(fs, paths, partition_rows)
-            parts = [dask.delayed(_count_piece)(fs, p, columns, fields) for p in pieces]
+                check_field_type(f, schema.field(f.column).type, where=f"{first}: ")
+            pieces = io.plan(fs, files, partition_rows, reading=reading)
+            parts = [dask.delayed(_count_piece)(fs, p, columns, fields, reading) for p in pieces]
             label = source if isinstance(source, str) else f"{len(source)} paths"
         elif hasattr(source, "to_delayed") and hasattr(source, "npartitions"):
             parts = [dask.delayed(_count_frame)(d, columns, fields) for d in source.to_delayed()]
@@ -341,8 +347,8 @@ def _count_table(table: pa.Table, fields: Sequence[Field]) -> dict[str, pa.Table
     return out
 
 
-def _count_piece(fs, piece: io.Piece, columns, fields) -> dict[str, pa.Table]:
-    return _count_table(io.read_piece(fs, piece, columns), fields)
+def _count_piece(fs, piece: io.Piece, columns, fields, reading=None) -> dict[str, pa.Table]:
+    return _count_table(io.read_piece(fs, piece, columns, reading), fields)
 
 
 def _count_frame(df, columns, fields) -> dict[str, pa.Table]:

@@ -36,14 +36,14 @@ def reference_scores(demo, paths=None, fields=FIELDS):
 
 
 def check_exactly_once(demo, output, data_glob, rows):
-    """``output`` (a local directory) holds every row of ``data_glob`` once, with the
-    eager reference's score, and ``_SUCCESS``."""
+    """``output`` (a local directory) holds every row of ``data_glob`` (a glob, or a
+    list of parquet files) once, with the eager reference's score, and ``_SUCCESS``."""
     files = sorted(glob.glob(os.path.join(output, "part-*.parquet")))
     out = pa.concat_tables(pq.read_table(f) for f in files)
     ids = out.column("user_id").to_pylist()
     assert len(ids) == rows, f"{len(ids)} rows, expected {rows}"  # nothing lost, nothing duplicated
     assert len(set(ids)) == rows
-    want = reference_scores(demo, sorted(glob.glob(data_glob)))
+    want = reference_scores(demo, data_glob if isinstance(data_glob, list) else sorted(glob.glob(data_glob)))
     got = out.column("score").to_numpy()
     assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
     assert os.path.exists(os.path.join(output, "_SUCCESS"))

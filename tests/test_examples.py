@@ -46,3 +46,5 @@ def test_example_job_lists_every_option():
         assert f"\n{key}:" in text, key
     for key in job.model.CHECKS:
         assert f"  {key}:" in text, key
+    for key in job.csv.CHECKS:
+        assert f"  {key}:" in text, key

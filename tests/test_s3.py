@@ -252,3 +252,25 @@ def test_credentials_never_written_or_printed(demo, s3, client, tmp_path):
     # The redacted copy still says where the data is.
     saved = json.loads(written["leak/scores/_job.json"])["job"]["storage_options"]
     assert saved == {"key": "***", "secret": "***", "client_kwargs": s3["storage_options"]["client_kwargs"]}
+
+
+def test_glob_reads_spark_and_hive_folders_on_s3(demo, s3):
+    """On an object store a folder is a prefix: a Spark output and a hive-partitioned
+    folder matched by the glob are read whole; _SUCCESS and .crc beside them are ignored."""
+    from dscore.pipeline import plan_job
+    from dscore.spec import JobSpec
+
+    root = demo["root"]
+    keys = {
+        "spark/a.parquet": root / "part-0.parquet",
+        "spark/b.parquet/part-00000-c000.snappy.parquet": root / "part-1.parquet",
+        "spark/c.parquet/date=2026-01-01/part-00000.parquet": root / "part-2.parquet",
+    }
+    for key, path in keys.items():
+        s3["boto"].upload_file(str(path), BUCKET, key)
+    for key in ("spark/_SUCCESS", "spark/b.parquet/_SUCCESS", "spark/b.parquet/.part-00000-c000.snappy.parquet.crc"):
+        s3["boto"].put_object(Bucket=BUCKET, Key=key, Body=b"")
+    plan = plan_job(JobSpec.from_dict(s3_job(s3, "spark", input=f"s3://{BUCKET}/spark/*")))
+    assert plan.header["input"]["files"] == [f"s3://{BUCKET}/{k}" for k in keys]
+    assert plan.header["input"]["rows"] == 6000
+    assert [p.partitions for p in plan.pieces] == [()] * 4 + [(("date", "2026-01-01"),)] * 2

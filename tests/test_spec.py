@@ -96,6 +96,16 @@ def test_job_roundtrip_and_defaults():
         ({"fields": []}, r"fields: expected a non-empty list"),
         ({"fields": [{"name": "a"}, {"name": "a"}]}, r"field 'a' is given twice"),
         ({"vocab": None}, r"missing required key 'vocab' \(fields \['apps', 'campaigns'\] use mapping tables\)"),
+        ({"csv": {"sep": ";"}}, r"^j.yaml: unknown key 'csv.sep'; allowed keys: delimiter, quote_char, header, column_names"),
+        ({"csv": {"delimiter": ";;"}}, r"^j.yaml: csv.delimiter: expected one character, got ';;' \(str\)$"),
+        ({"csv": {"quote_char": True}}, r"csv.quote_char: expected one character, or false for no quoting, got True"),
+        ({"csv": {"header": "no"}}, r"csv.header: expected true or false, got 'no' \(str\)"),
+        ({"csv": {"column_names": [1, 2]}}, r"csv.column_names: expected a list of strings"),
+        ({"csv": ";"}, r"^j.yaml: csv: expected a mapping, got ';' \(str\)$"),
+        ({"csv": {"column_types": {"user_id": "int"}}},
+         r"^j.yaml: csv.column_types.user_id: expected an Arrow type name like string, int64, .*got 'int' \(str\)$"),
+        ({"csv": {"column_types": ["user_id"]}}, r"csv.column_types: expected a mapping of column name to Arrow type name"),
+        ({"partition_types": {"date": "datetime"}}, r"^j.yaml: partition_types.date: expected an Arrow type name like"),
     ],
 )
 def test_job_errors_name_the_key(change, match):
@@ -107,6 +117,16 @@ def test_job_errors_name_the_key(change, match):
             data.pop(k)
     with pytest.raises(SpecError, match=match):
         JobSpec.from_dict(data, "j.yaml")
+
+
+def test_csv_section_roundtrip():
+    csv = {"delimiter": ";", "quote_char": False, "header": False, "column_names": ["user_id", "apps"],
+           "column_types": {"user_id": "int64"}}  # fmt: skip
+    job = JobSpec.from_dict({**JOB, "csv": csv, "partition_types": {"date": "date32"}})
+    assert job.csv.delimiter == ";" and job.csv.column_names == ("user_id", "apps") and job.csv.quote_char is False
+    assert job.to_dict()["csv"] == csv and job.partition_types == {"date": "date32"}
+    assert JobSpec.from_dict(job.to_dict()) == job
+    assert JobSpec.from_dict(JOB).csv is None  # CSV input still reads with the defaults
 
 
 def test_missing_top_level_key():
