@@ -24,7 +24,7 @@ ceiling ``1 / (1/read + 1/encode + 1/model)``.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import glob
 import json
 import os
@@ -266,6 +266,23 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     return out
 
 
+@contextlib.contextmanager
+def _threads_restored():
+    """Put back this process's torch threads and ``DSCORE_TORCH_THREADS`` (which
+    ``set_threads`` sets, and clusters started from here would inherit)."""
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("DSCORE_TORCH_THREADS", None)
+        else:
+            os.environ["DSCORE_TORCH_THREADS"] = env
+
+
 MODEL_ONLY_ROWS = 131_072  # per worker thread: enough distinct tokens that embeddings are as cold as in a job
 
 
@@ -285,7 +302,7 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, 
     if in_process:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(layout.workers * layout.threads) as pool:
+        with _threads_restored(), ThreadPoolExecutor(layout.workers * layout.threads) as pool:
             per_thread = list(pool.map(lambda _: _modes_in_process(*args), range(layout.workers * layout.threads)))
     else:
         cluster, client = _cluster(layout)

@@ -29,8 +29,12 @@ def test_pieces_of_the_benchmark(job):
     assert "vs TorchScript 8192" in bench.format_modes([*rows, {**rows[0], "batch": 8192}])
     # The in-worker figure comes from the nanny's worker processes, the in-process one from this process.
     assert os.getpid() not in rows[0]["pids"] and len(rows[0]["pids"]) == 1
+    import torch
+
+    before = torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")
     here = bench.run_model_only(job, layout, 1024, "freeze", 0.1, in_process=True)
     assert here["pids"] == [os.getpid()] and here["rows_per_s"] > 0 and here["max_diff"] <= 1e-6
+    assert (torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")) == before  # nothing leaks to later tests
     assert bench.run_read_only(job, layout)["rows_per_s"] > 0
     plain = bench.run_plain_dask(job, layout, 1024)
     out = glob.glob(os.path.join(os.path.dirname(job), "scores-plain-dask", "*.parquet"))
