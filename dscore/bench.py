@@ -305,8 +305,13 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, 
         with _threads_restored(), ThreadPoolExecutor(layout.workers * layout.threads) as pool:
             per_thread = list(pool.map(lambda _: _modes_in_process(*args), range(layout.workers * layout.threads)))
     else:
+        from .pipeline import register
+
         cluster, client = _cluster(layout)
         try:
+            # As dscore.run sets its workers up (threads, and whatever else the plugin
+            # does to a worker process), so that this is the rate its workers can reach.
+            register(client, layout.torch_threads)
             workers = list(client.scheduler_info(n_workers=-1)["workers"])
             futures = [
                 client.submit(_modes_in_process, *args, workers=[w], pure=False)
@@ -626,7 +631,7 @@ def format_models(res: dict) -> str:
         f"read-only ceiling {res['read_only']['rows_per_s']:,.0f} rows/s, encode-only ceiling "
         f"{res['encode_only']['rows_per_s']:,.0f} rows/s",
         f"model alone: {MODEL_ONLY_ROWS:,} pre-encoded rows per thread, at the batch and mode fastest in one plain "
-        f"process; workers' MALLOC_ settings: {' '.join(f'{k}={v}' for k, v in malloc.items()) or 'none'}",
+        f"process; workers' MALLOC_ environment: {' '.join(f'{k}={v}' for k, v in malloc.items()) or 'none'}",
         "serial ceiling: 1/(1/read + 1/encode + 1/model in the workers)",
         f"{'':<44}{'model alone, rows/s per core':>28}{'':<12}{'end to end, rows/s':>28}",
         f"{'model, form':<26}{'fastest':<18}{'process':>10}{'workers':>10}{'w / p':>8}{'max |diff|':>12}"
