@@ -4,7 +4,9 @@ Every figure comes from the same invocation on the same machine: rows/s of
 
 * dscore end to end (``dscore.run`` on a LocalCluster), with the workers' peak RSS;
 * (a) the model-only ceiling: the model's forward pass alone on pre-encoded rows,
-  in every worker at once (the same processes and threads as the job);
+  in every worker at once (the same processes and threads as the job), beside the
+  same threads running it in one plain process (this one): a model slower inside
+  Dask's nanny-started workers than outside shows here;
 * (b) the read-only ceiling: reading the needed columns of every partition;
 * (c) plain Dask: ``dd.read_parquet`` + ``map_partitions`` with pandas tokenization
   and a per-worker cached model, written with ``to_parquet``;
@@ -13,11 +15,16 @@ Every figure comes from the same invocation on the same machine: rows/s of
 The serial ceiling ``1 / (1/read + 1/model)`` is what a pipeline that overlaps
 nothing could reach; dscore's ratio to it says what encoding, scheduling and
 writing cost.
+
+``models`` (``dscore bench --models``) runs the models of ``dscore.zoo``, each as
+TorchScript and as an eager factory, on data shaped like a user's job: each model
+alone in one process and in the workers, end to end, and against the serial
+ceiling ``1 / (1/read + 1/encode + 1/model)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import glob
 import json
 import os
@@ -40,6 +47,16 @@ class Layout:
     def __str__(self) -> str:
         return f"{self.workers}x{self.threads}x{self.torch_threads}"
 
+    @classmethod
+    def parse(cls, text: str) -> Layout:
+        """``"2x1x1"`` (workers x threads x torch threads)."""
+        return cls(*(int(x) for x in text.split("x")))
+
+    @property
+    def cores(self) -> int:
+        """Cores the layout keeps busy: a torch thread per core for each Dask thread."""
+        return self.workers * self.threads * self.torch_threads
+
 
 def machine() -> str:
     import torch
@@ -53,18 +70,27 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def _log(message: str) -> None:
+    print("bench:", message, flush=True)
+
+
+def _cached(workdir: str, rows: int, build) -> str:
+    """``build(workdir)`` unless ``workdir`` already holds its output for ``rows`` rows;
+    returns the job file."""
+    marker = os.path.join(workdir, f".rows-{rows}")
+    if not os.path.exists(marker):
+        shutil.rmtree(workdir, ignore_errors=True)
+        build(workdir)
+        open(marker, "w").close()
+    return os.path.join(workdir, "job.yaml")
+
+
 def prepare(workdir: str, rows: int) -> str:
     """Demo data of ``rows`` rows, its vocabulary and a trained model in ``workdir``
     (reused when already there); returns the job file."""
     from .demo import build_example
 
-    job = os.path.join(workdir, "job.yaml")
-    marker = os.path.join(workdir, f".rows-{rows}")
-    if not os.path.exists(marker):
-        shutil.rmtree(workdir, ignore_errors=True)
-        build_example(workdir, rows, log=lambda m: print("bench:", m, flush=True))
-        open(marker, "w").close()
-    return job
+    return _cached(workdir, rows, lambda w: build_example(w, rows, log=_log))
 
 
 def _cluster(layout: Layout):
@@ -102,20 +128,24 @@ def _read_piece(piece, columns, storage_options):
     return io.read_piece(fs, piece, columns).num_rows
 
 
-def run_read_only(job: str, layout: Layout) -> dict:
-    """Reading the needed columns of every partition, on the same layout."""
+def _pieces(job: str) -> tuple:
+    """The job's input pieces, as ``dscore.run`` plans them, and a task spec without fingerprints."""
     from . import io
-    from .pipeline import input_columns, plan_pieces
+    from .pipeline import plan_pieces, warm_task
     from .spec import JobSpec
 
     spec = JobSpec.load(job)
     fs, files = io.expand(list(spec.input))
-    pieces = plan_pieces(spec, fs, files)
-    columns = input_columns(spec.fields, spec.id_columns)
+    return plan_pieces(spec, fs, files), warm_task(spec)
+
+
+def run_read_only(job: str, layout: Layout) -> dict:
+    """Reading the needed columns of every partition, on the same layout."""
+    pieces, task = _pieces(job)
     cluster, client = _cluster(layout)
     try:
         t = time.perf_counter()
-        rows = sum(client.gather(client.map(_read_piece, pieces, columns=columns, storage_options={}, pure=False)))
+        rows = sum(client.gather(client.map(_read_piece, pieces, columns=task.columns, storage_options={}, pure=False)))
         wall = time.perf_counter() - t
     finally:
         client.close()
@@ -123,26 +153,83 @@ def run_read_only(job: str, layout: Layout) -> dict:
     return {"rows_per_s": rows / wall}
 
 
+def _encode_piece(piece, task) -> tuple:
+    """``(rows, seconds)`` of encoding one partition as a worker does (its mapping
+    tables and reused buffers), after an untimed one-row warm-up that loads the
+    kernels."""
+    from . import io
+    from .encoding import encode_table
+    from .worker import runtime
+
+    rt = runtime()
+    fs, _ = io.url_to_fs(piece.url, task.storage_options)
+    table = io.read_piece(fs, piece, task.columns)
+    vocab = rt.vocab(task)
+    encode_table(table.slice(0, 1), task.fields, vocab)
+    t = time.perf_counter()
+    encode_table(table, task.fields, vocab, buffers=rt.buffers)
+    return table.num_rows, time.perf_counter() - t
+
+
+def run_encode_only(job: str, layout: Layout) -> dict:
+    """Encoding every partition, already read, on the same layout: rows over the
+    encode time of all worker threads together."""
+    from .pipeline import register
+
+    pieces, task = _pieces(job)
+    cluster, client = _cluster(layout)
+    try:
+        register(client, layout.torch_threads)
+        done = client.gather(client.map(_encode_piece, pieces, task=task, pure=False))
+    finally:
+        client.close()
+        cluster.close()
+    rows, seconds = (sum(x) for x in zip(*done))
+    return {"rows_per_s": rows / (seconds / (layout.workers * layout.threads))}
+
+
+def serial_ceiling(*rates: float) -> float:
+    """rows/s of stages that run one after the other on the same threads."""
+    return 1 / sum(1 / r for r in rates)
+
+
 # ---------------------------------------------------------------- model only, by mode and batch size
 def _variants(job: str) -> dict:
-    """The demo model as trained (TorchScript) and as eager code plus its state_dict."""
-    from .spec import JobSpec
-
-    spec = JobSpec.load(job)
+    """The demo model as trained (TorchScript) and as eager code plus its state_dict,
+    as job keys over ``job``'s."""
     workdir = os.path.dirname(job)
     with open(os.path.join(workdir, "model.json")) as f:
         kwargs = json.load(f)
-    eager = dataclasses.replace(
-        spec.model, path=os.path.join(workdir, "state.pt"), factory="dscore.demo:build_model", factory_kwargs=kwargs
-    )
-    return {"torchscript": spec.model, "eager": eager}
+    return {
+        "torchscript": {},
+        "eager": {"model.path": os.path.join(workdir, "state.pt"), "model.factory": "dscore.demo:build_model",
+                  "model.factory_kwargs": kwargs},
+    }  # fmt: skip
 
 
-def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_threads: int) -> list:
-    """For each ``(variant, mode, batch)``: rows/s of the forward pass alone on ``rows``
-    pre-encoded rows, and the max |diff| against plain TorchScript at batch 8192."""
+def _reference(variant: str) -> str:
+    """A variant's reference: the TorchScript form of the same model."""
+    return variant.replace("eager", "torchscript")
+
+
+def _first_rows(spec, rows: int):
+    """The first ``rows`` rows of the job's input, across as many files as that takes."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    tables, n = [], 0
+    for path in sorted(glob.glob(spec.input[0])):
+        tables.append(pq.read_table(path, columns=[f.column for f in spec.fields]))
+        n += tables[-1].num_rows
+        if n >= rows:
+            break
+    return pa.concat_tables(tables).slice(0, rows)
+
+
+def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_threads: int, variants=None) -> list:
+    """For each ``(variant, mode, batch)``: rows/s of the forward pass alone on ``rows``
+    pre-encoded rows, and the max |diff| against the variant's reference (``_reference``)
+    at batch 8192. ``variants`` maps a name to job keys (default: ``_variants(job)``)."""
     from . import optimize
     from .encoding import encode
     from .model import Model, set_threads
@@ -150,16 +237,20 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     from .vocab import Vocabulary
 
     set_threads(torch_threads)
+    variants = variants if variants is not None else _variants(job)
     spec = JobSpec.load(job)
-    table = pq.read_table(sorted(glob.glob(spec.input[0]))[0]).slice(0, rows)
-    arrays = encode(table, spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
-    variants = _variants(job)
-    reference = Model.load(variants["torchscript"], spec.fields, device="cpu").predict(arrays, 8192)
+    arrays = encode(_first_rows(spec, rows), spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
+    models = {v: JobSpec.load(job, keys).model for v, keys in variants.items()}
+    references: dict = {}
+    here = {"pid": os.getpid(), "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
     out = []
     for variant, mode, batch in plan:
-        model = Model.load(variants[variant], spec.fields, device="cpu")
+        ref = _reference(variant)
+        if ref not in references:
+            references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(arrays, 8192)
+        model = Model.load(models[variant], spec.fields, device="cpu")
         model.batch_size = batch
-        entry = {"variant": variant, "mode": mode, "batch": batch}
+        entry = {"variant": variant, "mode": mode, "batch": batch, **here}
         t = time.perf_counter()
         if mode != "none":
             runner, why = optimize.BUILDERS[mode](model)
@@ -170,35 +261,71 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
         got = model.predict(arrays, batch)  # a compiled model compiles here
         entry["setup_s"] = time.perf_counter() - t
         entry["rows_per_s"] = optimize.rows_per_second(model, arrays, batch, seconds)
-        entry["max_diff"] = float(np.abs(got.astype(np.float64) - reference).max())
+        entry["max_diff"] = float(np.abs(got.astype(np.float64) - references[ref]).max())
         out.append(entry)
     return out
+
+
+@contextlib.contextmanager
+def _threads_restored():
+    """Put back this process's torch threads and ``DSCORE_TORCH_THREADS`` (which
+    ``set_threads`` sets, and clusters started from here would inherit)."""
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("DSCORE_TORCH_THREADS", None)
+        else:
+            os.environ["DSCORE_TORCH_THREADS"] = env
 
 
 MODEL_ONLY_ROWS = 131_072  # per worker thread: enough distinct tokens that embeddings are as cold as in a job
 
 
-def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0) -> list:
+def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, *, variants=None,
+                    in_process: bool = False) -> list:  # fmt: skip
     """``_modes_in_process`` in every worker thread at once; rows/s summed over them.
 
     Each thread runs over ``MODEL_ONLY_ROWS`` rows: a few thousand rows repeated
     would keep their embedding rows in cache and flatter the ceiling.
+
+    ``in_process``: the same number of threads run in this process instead, a plain
+    process that no nanny started, so the two figures differ only in where the model
+    runs (Python threads of one process: the GIL is shared, which eager models with
+    small batches can feel). Each entry lists the ``pids`` it ran in.
     """
-    cluster, client = _cluster(layout)
-    try:
-        workers = list(client.scheduler_info(n_workers=-1)["workers"])
-        futures = [
-            client.submit(_modes_in_process, job, plan, MODEL_ONLY_ROWS, seconds, layout.torch_threads, workers=[w], pure=False)
-            for w in workers
-            for _ in range(layout.threads)
-        ]
-        per_thread = client.gather(futures)
-    finally:
-        client.close()
-        cluster.close()
+    args = (job, plan, MODEL_ONLY_ROWS, seconds, layout.torch_threads, variants)
+    if in_process:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _threads_restored(), ThreadPoolExecutor(layout.workers * layout.threads) as pool:
+            per_thread = list(pool.map(lambda _: _modes_in_process(*args), range(layout.workers * layout.threads)))
+    else:
+        from .pipeline import register
+
+        cluster, client = _cluster(layout)
+        try:
+            # As dscore.run sets its workers up (threads, and whatever else the plugin
+            # does to a worker process), so that this is the rate its workers can reach.
+            register(client, layout.torch_threads)
+            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+            futures = [
+                client.submit(_modes_in_process, *args, workers=[w], pure=False)
+                for w in workers
+                for _ in range(layout.threads)
+            ]
+            per_thread = client.gather(futures)
+        finally:
+            client.close()
+            cluster.close()
     rows = []
     for i, item in enumerate(per_thread[0]):
-        entry = dict(item)
+        entry = {k: v for k, v in item.items() if k != "pid"}
+        entry["pids"] = sorted({t[i]["pid"] for t in per_thread})
         if "rows_per_s" in entry:
             entry["rows_per_s"] = sum(t[i]["rows_per_s"] for t in per_thread)
             entry["max_diff"] = max(t[i]["max_diff"] for t in per_thread)
@@ -206,10 +333,12 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0) 
     return rows
 
 
-def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str = "none", seconds: float = 5.0) -> dict:
-    """The forward pass alone, on pre-encoded rows, in every worker at once."""
+def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str = "none", seconds: float = 5.0,
+                   in_process: bool = False) -> dict:  # fmt: skip
+    """The forward pass alone, on pre-encoded rows, in every worker at once (or in
+    as many threads of this process)."""
     variant = "eager" if mode == "compile" else "torchscript"
-    return run_model_modes(job, layout, [(variant, mode, batch_size)], seconds)[0]
+    return run_model_modes(job, layout, [(variant, mode, batch_size)], seconds, in_process=in_process)[0]
 
 
 def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192, 16384)) -> list:
@@ -355,13 +484,14 @@ def end_to_end(workdir: str, rows: int, layout: Layout, baselines: bool = True, 
     size, mode = execution.split(", ")
     res["execution"] = execution
     res["model_only"] = run_model_only(job, layout, int(size.split()[1]), mode)
+    res["model_in_process"] = run_model_only(job, layout, int(size.split()[1]), mode, in_process=True)
     res["read_only"] = run_read_only(job, layout)
     if baselines:
         plain = run_model_modes(job, layout, [("torchscript", "none", b) for b in (512, 1024, 2048, 4096, 8192)], 2.0)
         res["baseline_batch"] = max(plain, key=lambda r: r["rows_per_s"])["batch"]
         res["plain_dask"] = run_plain_dask(job, layout, res["baseline_batch"])
         res["single_process"] = run_single_process(job, res["baseline_batch"])
-    res["serial_ceiling"] = 1 / (1 / res["read_only"]["rows_per_s"] + 1 / res["model_only"]["rows_per_s"])
+    res["serial_ceiling"] = serial_ceiling(res["read_only"]["rows_per_s"], res["model_only"]["rows_per_s"])
     return res
 
 
@@ -371,11 +501,12 @@ def format_end_to_end(res: dict) -> str:
         f"machine: {res['machine']}",
         f"rows: {res['rows']:,}; layout (workers x threads x torch threads): {res['layout']}; "
         f"dscore's workers chose {res['execution']}",
-        f"{'':<54}{'rows/s':>11}{'dscore / it':>13}",
-        f"{'dscore end to end':<54}{d:>11,.0f}",
+        f"{'':<60}{'rows/s':>11}{'dscore / it':>13}",
+        f"{'dscore end to end':<60}{d:>11,.0f}",
     ]
     rows = [
-        (f"(a) model-only ceiling ({res['execution']})", res["model_only"]["rows_per_s"]),
+        (f"(a) model-only ceiling ({res['execution']}), in the workers", res["model_only"]["rows_per_s"]),
+        ("    the same threads in one plain process", res["model_in_process"]["rows_per_s"]),
         ("(b) read-only ceiling (parquet, needed columns)", res["read_only"]["rows_per_s"]),
         ("serial ceiling 1/(1/read + 1/model)", res["serial_ceiling"]),
     ]
@@ -384,7 +515,13 @@ def format_end_to_end(res: dict) -> str:
         rows.append((f"(c) plain Dask map_partitions + pandas (batch {b})", res["plain_dask"]["rows_per_s"]))
         rows.append((f"(d) single process pandas + torch (batch {b})", res["single_process"]["rows_per_s"]))
     for name, v in rows:
-        lines.append(f"{name:<54}{v:>11,.0f}{d / v:>12.2f}x")
+        lines.append(f"{name:<60}{v:>11,.0f}{d / v:>12.2f}x")
+    cores = Layout.parse(res["layout"]).cores
+    alone, workers = res["model_in_process"]["rows_per_s"], res["model_only"]["rows_per_s"]
+    lines.append(
+        f"model alone ({res['execution']}), rows/s per core: {alone / cores:,.0f} in one plain process, "
+        f"{workers / cores:,.0f} in the workers (workers / process {workers / alone:.2f}x)"
+    )
     lines.append(f"dscore workers' peak RSS: {res['dscore']['peak_rss'] / 2**20:,.0f} MiB")
     lines.append("task time per stage, seconds summed over workers (share):")
     for name, run in (("before: batch 8192, optimize none", res["dscore_plain"]), (f"after: {res['execution']}", res["dscore"])):
@@ -394,6 +531,119 @@ def format_end_to_end(res: dict) -> str:
         lines.append(
             f"  {name:<38}{run['rows_per_s']:>9,.0f} rows/s  "
             + ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in stages.items())
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- models users bring (dscore.zoo)
+# Shaped like a user's job: 24 files, ~40 apps a row from 200k package names of
+# ~19 bytes, 5k device models, 20k campaigns, 50 device names; mapping tables of
+# every token.
+ZOO_FILES = 24
+ZOO_SIZES = {"campaigns": 20_000, "devices": 50, "app_words": 3}
+MODEL_BATCHES = (256, 512, 1024, 2048, 4096, 8192)
+
+
+def _build_zoo(workdir: str, rows: int) -> None:
+    import yaml
+
+    from . import zoo
+    from .demo import full_vocabulary, generate, job_dict, vocab_sizes
+
+    t = time.perf_counter()
+    generate(os.path.join(workdir, "data"), rows, files=ZOO_FILES, **ZOO_SIZES)
+    vocab = full_vocabulary(**ZOO_SIZES)
+    vocab.save(os.path.join(workdir, "vocab"))
+    models = zoo.export(os.path.join(workdir, "models"), vocab_sizes(vocab))
+    with open(os.path.join(workdir, "models.json"), "w") as f:
+        json.dump(models, f, indent=1)
+    with open(os.path.join(workdir, "job.yaml"), "w") as f:
+        yaml.safe_dump(job_dict(workdir, models["masked_mean"]["torchscript"]["path"]), f, sort_keys=False)
+    _log(f"{rows:,} rows in {ZOO_FILES} files, {vocab}, {len(models)} models in {time.perf_counter() - t:.1f}s")
+
+
+def prepare_models(workdir: str, rows: int) -> tuple[str, dict]:
+    """Data, mapping tables and the ``dscore.zoo`` models in ``workdir`` (reused when
+    already there); returns the job file and the variants: ``"<model> <form>"`` to the
+    job keys that load it (forms: ``torchscript``, ``eager``)."""
+    job = _cached(workdir, rows, lambda w: _build_zoo(w, rows))
+    with open(os.path.join(workdir, "models.json")) as f:
+        models = json.load(f)
+    return job, {
+        f"{name} {form}": {f"model.{k}": v for k, v in keys.items()}
+        for name, forms in models.items()
+        for form, keys in forms.items()
+    }
+
+
+def models(workdir: str, rows: int, layout: Layout, seconds: float = 1.0) -> dict:
+    """Each ``dscore.zoo`` model in each form, all in this run: the model alone at its
+    fastest batch and mode (searched over ``MODEL_BATCHES`` in one plain process, the
+    layout's threads at once), the same in one plain process and in the workers,
+    dscore end to end (its defaults), and the serial ceiling
+    ``1/(1/read + 1/encode + 1/model in the workers)``.
+
+    ``seconds`` per search candidate; the two model-alone figures run three times as long.
+    """
+    job, variants = prepare_models(workdir, rows)
+    res = {"machine": machine(), "rows": rows, "files": ZOO_FILES, "layout": str(layout)}
+    res["read_only"] = run_read_only(job, layout)
+    res["encode_only"] = run_encode_only(job, layout)
+    plan = [
+        (v, mode, b)
+        for v in variants
+        for mode in (("none", "freeze") if v.endswith("torchscript") else ("none",))
+        for b in MODEL_BATCHES
+    ]
+    res["search"] = run_model_modes(job, layout, plan, seconds, variants=variants, in_process=True)
+    best: dict = {}
+    for r in res["search"]:
+        if r.get("rows_per_s", 0) > best.get(r["variant"], {}).get("rows_per_s", 0):
+            best[r["variant"]] = r
+    alone = [(v, best[v]["mode"], best[v]["batch"]) for v in variants]
+    in_process = run_model_modes(job, layout, alone, 3 * seconds, variants=variants, in_process=True)
+    in_workers = run_model_modes(job, layout, alone, 3 * seconds, variants=variants)
+    res["models"] = []
+    for (variant, mode, batch), here, there in zip(alone, in_process, in_workers):
+        run = run_dscore(job, layout, **variants[variant])
+        report = run["report"].to_dict()
+        res["models"].append({
+            "variant": variant,
+            "fastest": f"batch {batch}, {mode}",
+            "in_process": here,
+            "in_workers": there,
+            "dscore": {"rows_per_s": run["rows_per_s"], "peak_rss": run["peak_rss"], "report": report},
+            "execution": "; ".join(dict.fromkeys(report["model"]["execution"])),
+            "serial_ceiling": serial_ceiling(
+                res["read_only"]["rows_per_s"], res["encode_only"]["rows_per_s"], there["rows_per_s"]
+            ),
+        })  # fmt: skip
+    return res
+
+
+def format_models(res: dict) -> str:
+    cores = Layout.parse(res["layout"]).cores
+    malloc = next((m["in_workers"]["malloc_env"] for m in res["models"]), {})
+    lines = [
+        f"machine: {res['machine']}",
+        f"rows: {res['rows']:,} in {res['files']} files; layout (workers x threads x torch threads): "
+        f"{res['layout']}, {cores} cores",
+        f"read-only ceiling {res['read_only']['rows_per_s']:,.0f} rows/s, encode-only ceiling "
+        f"{res['encode_only']['rows_per_s']:,.0f} rows/s",
+        f"model alone: {MODEL_ONLY_ROWS:,} pre-encoded rows per thread, at the batch and mode fastest in one plain "
+        f"process; workers' MALLOC_ environment: {' '.join(f'{k}={v}' for k, v in malloc.items()) or 'none'}",
+        "serial ceiling: 1/(1/read + 1/encode + 1/model in the workers)",
+        f"{'':<44}{'model alone, rows/s per core':>28}{'':<12}{'end to end, rows/s':>28}",
+        f"{'model, form':<26}{'fastest':<18}{'process':>10}{'workers':>10}{'w / p':>8}{'max |diff|':>12}"
+        f"{'dscore':>10}{'ceiling':>10}{'d / c':>8}{'':<2}{'dscore chose'}",
+    ]
+    for m in res["models"]:
+        p, w = m["in_process"]["rows_per_s"], m["in_workers"]["rows_per_s"]
+        d = m["dscore"]["rows_per_s"]
+        lines.append(
+            f"{m['variant']:<26}{m['fastest']:<18}{p / cores:>10,.0f}{w / cores:>10,.0f}{w / p:>7.2f}x"
+            f"{m['in_process']['max_diff']:>12.1e}{d:>10,.0f}{m['serial_ceiling']:>10,.0f}"
+            f"{d / m['serial_ceiling']:>7.2f}x  {m['execution']}"
         )
     return "\n".join(lines)
 

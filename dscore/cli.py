@@ -183,7 +183,7 @@ def _layouts(text: str):
     from .bench import Layout
 
     try:
-        return [Layout(*(int(x) for x in item.split("x"))) for item in text.split(",") if item]
+        return [Layout.parse(item) for item in text.split(",") if item]
     except TypeError:
         raise click.BadParameter(f"{text!r}: expected WORKERSxTHREADSxTORCH_THREADS, e.g. 2x1x1,1x1x2") from None
 
@@ -193,25 +193,31 @@ def _layouts(text: str):
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Where the demo data goes (default: a temp dir per row count; reused).")
 @click.option("--layout", default="", help="WORKERSxTHREADSxTORCH_THREADS of the main run (default: the LocalCluster default).")
 @click.option("--model-only", is_flag=True, help="Only the model: rows/s per execution mode and batch size.")
+@click.option("--models", "zoo", is_flag=True, help="The model shapes users bring (dscore.zoo), each as TorchScript and eager: alone in one process and in the workers, end to end, against the serial ceiling.")
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="With --models: seconds per batch-size candidate (the model-alone figures run 3x as long).")
 @click.option("--sweep-layouts", default="2x1x1,1x2x1,1x1x2", show_default=True, help="Layouts to compare end to end ('' for none).")
 @click.option("--sweep-batches", default="1024,4096,8192", show_default=True, help="Fixed batch sizes to compare with auto ('' for none).")
 @click.option("--no-baselines", is_flag=True, help="Skip the plain-Dask and single-process baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def bench(rows, workdir, layout, model_only, sweep_layouts, sweep_batches, no_baselines, json_path):
-    """Benchmark dscore on the demo data against its ceilings and baselines."""
+def bench(rows, workdir, layout, model_only, zoo, seconds, sweep_layouts, sweep_batches, no_baselines, json_path):
+    """Benchmark dscore on the demo data against its ceilings and baselines (with --models:
+    on the model shapes users bring)."""
     import tempfile
 
     from . import bench as b
     from .pipeline import DEFAULT_LAYOUT
     from .worker import host_cores
 
-    workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{rows}")
+    workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{'models-' if zoo else ''}{rows}")
     cores = host_cores()
     default = b.Layout(DEFAULT_LAYOUT["workers"](cores), DEFAULT_LAYOUT["threads_per_worker"](cores), 1)
     main_layout = _layouts(layout)[0] if layout else default
-    job = b.prepare(workdir, rows)
     out: dict = {"rows": rows, "machine": b.machine()}
-    if model_only:
+    if zoo:
+        out["models"] = b.models(workdir, rows, main_layout, seconds)
+        click.echo(b.format_models(out["models"]))
+    elif model_only:
+        job = b.prepare(workdir, rows)
         click.echo(f"machine: {out['machine']}")
         out["modes"] = b.run_model_modes(job, main_layout, b.mode_plan())
         click.echo(f"model only, layout {main_layout}, {b.MODEL_ONLY_ROWS:,} pre-encoded rows per worker thread:")

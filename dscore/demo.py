@@ -22,13 +22,12 @@ _WORDS = np.array(
 )
 
 
-def package_names(n: int, seed: int = 0, prefix: str = "") -> pa.Array:
-    """``n`` distinct Android-style package names (``com.swift.game123``)."""
+def package_names(n: int, seed: int = 0, prefix: str = "", words: int = 2) -> pa.Array:
+    """``n`` distinct Android-style package names of ``words`` words after the domain
+    (``com.swift.game123``; 15 bytes on average in the demo's Zipf draws, 19 with 3 words)."""
     rng = np.random.default_rng(seed)
-    tld = _TLDS[rng.integers(0, len(_TLDS), n)]
-    a = _WORDS[rng.integers(0, len(_WORDS), n)]
-    b = _WORDS[rng.integers(0, len(_WORDS), n)]
-    return pa.array([f"{prefix}{t}.{x}.{y}{i}" for i, (t, x, y) in enumerate(zip(tld, a, b))], pa.string())
+    parts = [_TLDS[rng.integers(0, len(_TLDS), n)]] + [_WORDS[rng.integers(0, len(_WORDS), n)] for _ in range(words)]
+    return pa.array([f"{prefix}{'.'.join(p)}{i}" for i, p in enumerate(zip(*parts))], pa.string())
 
 
 def zipf_ids(rng, n_samples: int, n_tokens: int, exponent: float = 1.05) -> np.ndarray:
@@ -95,6 +94,7 @@ FIELDS = (
     Field("campaigns", kind="list", max_len=16),
 )
 APPS = 200_000
+CAMPAIGNS = 5000
 _BRANDS = np.array(
     "Samsung Apple Xiaomi Oppo Vivo Huawei Realme OnePlus Motorola Google Nokia Sony LG Tecno Infinix "
     "Honor ZTE Lenovo Asus Alcatel".split()
@@ -110,27 +110,45 @@ def _scalar_column(rng, rows, values: np.ndarray, null_rate=0.01, messy_rate=0.0
     return pa.array(cells, pa.string()), ids
 
 
-def _campaigns(rng, rows, n=5000):
+def device_names(n: int = len(_BRANDS)) -> np.ndarray:
+    """``n`` device names: the brands, then numbered variants of them (``Samsung-1``)."""
+    extra = [f"{_BRANDS[i % len(_BRANDS)]}-{i // len(_BRANDS)}" for i in range(len(_BRANDS), n)]
+    return np.array([*_BRANDS, *extra])[:n]
+
+
+def device_models() -> np.ndarray:
+    return np.array([f"{b[:2].upper()}-{m:04d}" for b in _BRANDS for m in range(250)])
+
+
+def campaign_names(n: int = CAMPAIGNS) -> np.ndarray:
+    return np.array([f"cmp-{i:05d}" for i in range(n)], dtype=object)
+
+
+def _campaigns(rng, rows, n=CAMPAIGNS):
     lengths = rng.integers(0, 9, rows)
     ids = zipf_ids(rng, int(lengths.sum()), n, 1.1)
-    names = np.array([f"cmp-{i:05d}" for i in range(n)], dtype=object)
-    flat = names[ids]
+    flat = campaign_names(n)[ids]
     flat[rng.random(len(flat)) < 0.01] = None  # null list elements
     offsets = np.zeros(rows + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.string())), ids, lengths
 
 
-def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | None = None) -> pa.Table:
+def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | None = None, *,
+               campaigns: int = CAMPAIGNS, devices: int = len(_BRANDS), app_words: int = 2) -> pa.Table:  # fmt: skip
     """``rows`` rows of the demo dataset with a ``label`` that depends on the tokens:
-    car-related apps and campaigns and premium devices raise the chance of 1."""
+    car-related apps and campaigns and premium devices raise the chance of 1.
+
+    ``campaigns`` and ``devices`` size the campaign and device-name vocabularies
+    (``campaign_names``, ``device_names``); 5,000 device models; ``apps`` (default
+    ``APPS`` package names of ``app_words`` words) for the apps.
+    """
     rng = np.random.default_rng(seed)
-    apps = package_names(APPS) if apps is None else apps
-    models = np.array([f"{b[:2].upper()}-{m:04d}" for b in _BRANDS for m in range(250)])
-    device_name, brand = _scalar_column(rng, rows, _BRANDS)
-    device_model, _ = _scalar_column(rng, rows, models)
+    apps = package_names(APPS, words=app_words) if apps is None else apps
+    device_name, brand = _scalar_column(rng, rows, device_names(devices))
+    device_model, _ = _scalar_column(rng, rows, device_models())
     app_col, app_ids, lengths, seen = _delimited(rng, rows, apps, 40, 0.02, 0.05, 0.01, ",")
-    camp_col, camp_ids, camp_len = _campaigns(rng, rows)
+    camp_col, camp_ids, camp_len = _campaigns(rng, rows, campaigns)
     car_apps = np.random.default_rng(99).choice(APPS, 3000, replace=False)
     row_of_app = np.repeat(np.arange(rows), lengths)
     car = np.bincount(row_of_app[np.isin(app_ids, car_apps) & seen], minlength=rows)
@@ -150,22 +168,26 @@ def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | Non
 
 
 def generate(path: str, rows: int, *, files: int = 4, row_group_size: int = 65_536, seed: int = 0,
-             storage_options: dict | None = None) -> list[str]:  # fmt: skip
-    """Write the demo dataset as ``files`` parquet files under ``path``; return their URLs."""
+             storage_options: dict | None = None, **sizes) -> list[str]:  # fmt: skip
+    """Write the demo dataset as ``files`` parquet files under ``path``; return their URLs.
+
+    ``sizes``: ``campaigns``, ``devices`` and ``app_words``, as ``make_table`` takes them.
+    """
     import pyarrow.parquet as pq
 
     from . import io
 
     fs, root = io.url_to_fs(path, storage_options)
     fs.makedirs(root, exist_ok=True)
-    apps = package_names(APPS)
+    apps = package_names(APPS, words=sizes.get("app_words", 2))
     urls, first = [], 0
     per_file = -(-rows // files)
     for i in range(files):
         n = min(per_file, rows - first)
         if n <= 0:
             break
-        table = make_table(n, seed=seed * 1000 + i, first_id=first, apps=apps)
+        table = make_table(n, seed=seed * 1000 + i, first_id=first, apps=apps,
+                           **{k: v for k, v in sizes.items() if k != "app_words"})  # fmt: skip
         target = f"{root.rstrip('/')}/part-{i:03d}.parquet"
         with fs.open(target, "wb") as f:
             pq.write_table(table, f, row_group_size=row_group_size)
@@ -214,6 +236,25 @@ def build_model(vocab_sizes, dim: int = 32, hidden=(64, 32)) -> DemoModel:
     """A ``DemoModel``; also the factory for state_dict loading
     (``model.factory: dscore.demo:build_model``)."""
     return DemoModel(vocab_sizes, dim, tuple(hidden))
+
+
+def full_vocabulary(*, campaigns: int = CAMPAIGNS, devices: int = len(_BRANDS), app_words: int = 2):
+    """Mapping tables of every token the generator draws from (normalized), numbered
+    from 2 in its frequency order: the tables a team that keeps its own brings, with
+    all ``APPS`` apps, 5,000 device models and the given campaigns and devices (a
+    fitted vocabulary drops what the data shows fewer than ``min_count`` times)."""
+    from .vocab import Vocabulary
+
+    def table(tokens) -> pa.Table:
+        tokens = pc.utf8_lower(pa.array(tokens, pa.string()))
+        return pa.table({"token": tokens, "index": pa.array(np.arange(2, len(tokens) + 2, dtype=np.int32))})
+
+    return Vocabulary({
+        "device_name": table(device_names(devices)),
+        "device_model": table(device_models()),
+        "apps": table(package_names(APPS, words=app_words)),
+        "campaigns": table(campaign_names(campaigns)),
+    }, source="demo.full_vocabulary")  # fmt: skip
 
 
 def vocab_sizes(vocab, fields=FIELDS) -> list[int]:

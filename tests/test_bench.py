@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +27,14 @@ def test_pieces_of_the_benchmark(job):
     assert [r["mode"] for r in rows] == ["none", "freeze", "none"]
     assert all(r["rows_per_s"] > 0 and r["max_diff"] <= 1e-6 for r in rows)  # eager == TorchScript
     assert "vs TorchScript 8192" in bench.format_modes([*rows, {**rows[0], "batch": 8192}])
+    # The in-worker figure comes from the nanny's worker processes, the in-process one from this process.
+    assert os.getpid() not in rows[0]["pids"] and len(rows[0]["pids"]) == 1
+    import torch
+
+    before = torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")
+    here = bench.run_model_only(job, layout, 1024, "freeze", 0.1, in_process=True)
+    assert here["pids"] == [os.getpid()] and here["rows_per_s"] > 0 and here["max_diff"] <= 1e-6
+    assert (torch.get_num_threads(), os.environ.get("DSCORE_TORCH_THREADS")) == before  # nothing leaks to later tests
     assert bench.run_read_only(job, layout)["rows_per_s"] > 0
     plain = bench.run_plain_dask(job, layout, 1024)
     out = glob.glob(os.path.join(os.path.dirname(job), "scores-plain-dask", "*.parquet"))
@@ -47,3 +58,30 @@ def test_pandas_baseline_encodes_like_dscore(job):
         mapping = dict(zip(*(vocab[f.name].column(c).to_pylist() for c in ("token", "index"))))
         theirs = bench._pandas_encode(df[f.column], f, mapping)
         np.testing.assert_array_equal(theirs, ours[f.name])
+
+
+def test_bench_models_cli(tmp_path):
+    """``dscore bench --models`` on a few rows: every model in both forms gets its line,
+    and the JSON holds each figure (their values are not checked)."""
+    out = tmp_path / "models.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "dscore.cli", "bench", "--models", "--rows", "10000", "--seconds", "0.02",
+         "--layout", "2x1x1", "--workdir", str(tmp_path / "w"), "--json", str(out)],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("read-only ceiling") and "encode-only ceiling" in line for line in lines)
+    res = json.loads(out.read_text())["models"]
+    variants = [f"{name} {form}" for name in ("masked_mean", "embedding_bag", "dlrm", "two_output")
+                for form in ("torchscript", "eager")]  # fmt: skip
+    assert [m["variant"] for m in res["models"]] == variants
+    for m in res["models"]:
+        assert sum(line.startswith(m["variant"] + " ") for line in lines) == 1, m["variant"]
+        assert m["in_process"]["max_diff"] <= 1e-6  # eager scores as its TorchScript twin
+        # Two worker processes, neither of them the one that measured in process.
+        assert len(m["in_workers"]["pids"]) == 2 and not set(m["in_workers"]["pids"]) & set(m["in_process"]["pids"])
+        assert m["dscore"]["report"]["rows_scored"] == 10_000
+        assert 0 < m["serial_ceiling"] < min(res["read_only"]["rows_per_s"], res["encode_only"]["rows_per_s"])
+    two = res["models"][-1]["dscore"]["report"]
+    assert two["model"]["outputs"] == ["score_0", "score_1"]
