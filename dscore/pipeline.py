@@ -28,7 +28,7 @@ import psutil
 import pyarrow as pa
 
 from . import io
-from .encoding import FieldStats, check_field_type, check_fields, encode_table
+from .encoding import FieldStats, InvalidUTF8Error, check_field_type, check_fields, encode_table
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
@@ -104,7 +104,16 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             raise
         return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
     t1 = time.perf_counter()
-    scored, stats, seconds, execution = score_table(table, task)
+    try:
+        scored, stats, seconds, execution = score_table(table, task)
+    except InvalidUTF8Error as e:
+        row = f"row {e.row}"
+        if piece.format == "parquet":  # rows count from the piece's first row group
+            row += f" of row groups {piece.rg_start}-{piece.rg_stop - 1}"
+        err = io.InputError(piece.url, None, None, e.reason(row))
+        if not quarantine:
+            raise err from e
+        return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(err)}
     if piece.rows is not None and scored.num_rows != piece.rows:
         raise RuntimeError(f"{piece.describe()}: read {scored.num_rows} rows, its metadata says {piece.rows}")
     t2 = time.perf_counter()
