@@ -548,6 +548,7 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
 
 
 __all__ = [
-    "FieldStats", "InvalidUTF8Error", "check_field_type", "check_fields", "encode", "encode_table", "resolve_encode_device", "tokenize",
+    "FieldStats", "InvalidUTF8Error", "check_field_type", "check_fields", "encode", "encode_table",
+    "resolve_encode_device", "tokenize",
 ]  # fmt: skip
 

@@ -326,6 +326,13 @@ def bytes_column(values, kind, layout, cut) -> pa.ChunkedArray:
 
 
 def draw_bytes_case(data, field):
+    """``(values, layout, cut)`` for ``field``: drawn from ``data``, or, when ``data`` is
+    None, the pinned example: every class of invalid UTF-8, and a bad token or list
+    element after the first (which ``max_len: 1`` drops)."""
+    if data is None:
+        if field.kind == "list":
+            return [[b"ok", b"\xc1\xafppo"], None, [b"ok", *INVALID_PIECES]], "list", 1
+        return [b"ok", b"a," + b",".join(INVALID_PIECES), None, b"\xc1\xafppo"], "string", 1
     values = data.draw(byte_cells(field.sep, field.kind))
     layout = data.draw(st.sampled_from(BYTE_LAYOUTS["list" if field.kind == "list" else "cell"]))
     return values, layout, data.draw(st.integers(0, 12))
@@ -388,11 +395,11 @@ def check_bytes_case(values, field, layout, cut, device="cpu"):
 @example(data=None, field=Field("f", kind="delimited", max_len=1), replace=False).via(
     "pinned: invalid UTF-8 only in a token that truncation drops still fails"
 )
+@example(data=None, field=Field("f", kind="list", max_len=1), replace=False).via(
+    "pinned: invalid UTF-8 only in a list element that truncation drops still fails"
+)
 def test_invalid_utf8_follows_python(data, field, replace):
-    if data is None:
-        values, layout, cut = [b"ok", b"a," + b",".join(INVALID_PIECES), None, b"\xc1\xafppo"], "string", 1
-    else:
-        values, layout, cut = draw_bytes_case(data, field)
+    values, layout, cut = draw_bytes_case(data, field)
     field = dataclasses.replace(field, on_invalid_utf8="replace" if replace else "fail")
     check_bytes_case(values, field, layout, cut)
 
@@ -421,3 +428,19 @@ def test_invalid_utf8_in_an_unused_dictionary_entry_is_not_a_row():
     assert encode(pa.table({"f": arr.slice(1, 1)}), [Field("f")], vocab)["f"].tolist() == [[2]]
     with pytest.raises(ValueError, match=r"row 1 is not valid UTF-8 \(byte 0: invalid start byte b'\\xff'\)"):
         encode(pa.table({"f": arr.slice(1)}), [Field("f")], vocab)
+
+
+def test_short_byte_sequences_decode_as_python():
+    """Every 1- and 2-byte cell, and 3- and 4-byte cells over each lead byte with
+    continuation bytes at the edges of the ranges Table 3-7 allows: the kernels' keys
+    are Python's decode("utf-8", "replace") (then lower()), byte for byte."""
+    edges = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    cells = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)]
+    cells += [bytes([a, b, c]) for a in range(0xE0, 0x100) for b in edges for c in edges]
+    cells += [bytes([a, b, c, d]) for a in range(0xF0, 0x100) for b in edges for c in edges for d in (0x80, 0xBF, 0x41)]
+    col = pa.array(cells, pa.binary()).view(pa.string())
+    for lower in (False, True):
+        field = Field("f", kind="scalar", strip=False, lower=lower, on_invalid_utf8="replace")
+        keys, _ = tokenize(col, field)
+        want = [c.decode("utf-8", "replace") for c in cells]
+        assert keys.to_pylist() == [w.lower() if lower else w for w in want]

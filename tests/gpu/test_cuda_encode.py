@@ -33,7 +33,6 @@ from dscore.kernels.unicode import tables
 
 from .. import naive
 from ..test_encode import (
-    INVALID_PIECES,
     WHITESPACE,
     arrow_column,
     as_vocab,
@@ -180,12 +179,7 @@ def test_empty_input_and_bad_output():
 def test_invalid_utf8_follows_python(data, field, replace):
     """The CUDA kernels follow test_encode's rule for invalid UTF-8 (through
     ``encode_table(device="cuda")``, so the first bad row comes from the device)."""
-    if data is None:
-        pinned = [b"ok", b"a," + b",".join(INVALID_PIECES), None, b"\xc1\xafppo"]
-        values = pinned if field.kind != "list" else [[b"ok", b"\xc1\xafppo"], None, [b"ok"] + INVALID_PIECES]
-        layout, cut = ("string" if field.kind != "list" else "list"), 1
-    else:
-        values, layout, cut = draw_bytes_case(data, field)
+    values, layout, cut = draw_bytes_case(data, field)
     field = dataclasses.replace(field, on_invalid_utf8="replace" if replace else "fail")
     check_bytes_case(values, field, layout, cut, device="cuda")
 
