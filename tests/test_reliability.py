@@ -300,7 +300,7 @@ def test_bad_input_fails_naming_the_file(demo, many, client, tmp_path, kind):
     assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
 
 
-@pytest.mark.parametrize("kind", ["garbage", "corrupt page", "missing column", "float cells"])
+@pytest.mark.parametrize("kind", ["garbage", "corrupt page", "missing column", "float cells", "invalid UTF-8"])
 def test_quarantine_skips_counts_and_lists(demo, many, tmp_path, kind):
     bad = corrupt_inputs(many["root"], tmp_path / "in", kind)
     job = {**many["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "out"),
