@@ -1,12 +1,23 @@
 """Encode throughput: dscore's Numba kernels beside two baselines, in one run.
 
     python benchmarks/encode.py [--rows 1000000] [--python-rows 50000]
+    python benchmarks/encode.py --sweep [--lengths 5,20,40] [--tables 10000,200000,2000000]
+                                [--baseline REF] [--repeat 5]
 
 Data: one delimited field, ~40 tokens per row from a Zipf vocabulary of 200k
 package names, ~2% never-seen tokens, ~5% upper-cased or space-padded tokens.
 Baselines: (a) pyarrow.compute split/trim/lower + index_in + numpy padding,
 (b) a plain-Python per-row loop (on the first --python-rows rows).
 Peak memory is measured in a child process (ru_maxrss before and after encode).
+
+``--sweep`` times the kernel alone (one thread, tokens/s per core) across token
+lengths, ASCII against mixed tokens (10% upper-cased, 1% with a non-ASCII letter)
+and table sizes, and splits each token's time into its steps by timing fields
+that stop after each: ``scan`` (split and strip: max_len 1, hashing mode),
+``+copy+hash`` (every token's key built and hashed: hashing mode) and ``+lookup``
+(the mapping table). ``--baseline REF`` (repeatable) runs the CPU kernels of git
+revision REF too, interleaved with this tree's in the same process (medians of
+``--repeat``).
 """
 
 from __future__ import annotations
@@ -97,14 +108,142 @@ def memory_child(path: str) -> None:
     print(_vm("VmHWM") - before, arrays["apps"].nbytes, table.nbytes)
 
 
+# ---------------------------------------------------------------- sweep
+_LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789", dtype=np.uint8)
+_NON_ASCII = list("éüøçñœ")  # two UTF-8 bytes each; upper() and lower() round-trip
+
+
+def sweep_vocab(n: int, length: int, mixed: bool, seed: int = 0) -> list[str]:
+    """``n`` distinct lowercase tokens of ``length`` bytes (a random stem, then the
+    token's number in base 36); ``mixed``: 1% hold a non-ASCII letter (one byte more)."""
+    rng = np.random.default_rng(seed)
+    stem = max(length - 5, 0)
+    stems = _LETTERS[rng.integers(0, 26, (n, stem))].view(f"S{stem}").ravel() if stem else [b""] * n
+    tokens = [s.decode() + np.base_repr(i, 36).lower().rjust(5, "0") for i, s in enumerate(stems)]
+    if mixed:
+        for i in np.flatnonzero(rng.random(n) < 0.01):
+            t = tokens[i]
+            tokens[i] = t[:1] + _NON_ASCII[i % len(_NON_ASCII)] + t[2:]
+    return tokens
+
+
+def sweep_column(rng, vocab: list[str], tokens: int, mixed: bool) -> pa.Array:
+    """Rows of 40 comma-separated tokens drawn by Zipf frequency; ``mixed``: 10% upper-cased."""
+    from dscore.demo import zipf_ids
+
+    ids = zipf_ids(rng, tokens, len(vocab))
+    words = np.asarray(vocab, dtype=object)[ids]
+    if mixed:
+        upper = np.flatnonzero(rng.random(tokens) < 0.10)
+        words[upper] = [w.upper() for w in words[upper]]
+    return pa.array([",".join(words[i : i + 40]) for i in range(0, tokens, 40)], pa.string())
+
+
+def load_kernels(ref: str):
+    """``dscore/kernels/cpu.py`` as it is at git revision ``ref``, as a module of its own."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = ["git", "-C", root, "show", f"{ref}:dscore/kernels/cpu.py"]
+    src = subprocess.run(git, capture_output=True, text=True, check=True).stdout
+    where = os.path.join(os.path.expanduser("~"), ".cache", "dscore", "bench")
+    os.makedirs(where, exist_ok=True)
+    name = "cpu_" + "".join(c if c.isalnum() else "_" for c in ref)
+    path = os.path.join(where, name + ".py")
+    if not os.path.exists(path) or open(path).read() != src:  # kept, so that numba's cache stays valid
+        with open(path, "w") as f:
+            f.write(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache finds a kernel's module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+class Kernels:
+    """One revision's CPU kernels, called as ``encoding`` calls them, on prepared buffers."""
+
+    def __init__(self, module, label):
+        self.module, self.label = module, label
+        # revisions before on_invalid_utf8 take a 6-item spec and no ``bad`` argument
+        self.new = module.ENCODE_ROWS[module.DELIMITED].py_func.__code__.co_argcount > 16
+
+    def table(self, vocab: list[str]):
+        arr = pa.array(vocab, pa.string())
+        offsets = np.frombuffer(arr.buffers()[1], np.int32)[: len(arr) + 1].astype(np.int64)
+        data = np.frombuffer(arr.buffers()[2], np.uint8)
+        capacity = 1 << max(4, int(2 * len(vocab) - 1).bit_length())
+        return self.module.build_table(offsets, data, np.arange(2, 2 + len(vocab), dtype=np.int32), capacity)[:2]
+
+    def encode(self, rows, field, buckets, lk, uni, out):
+        from dscore.encoding import _NO_ROWS, _sep, _spec
+
+        spec = _spec(field) if self.new else _spec(field)[:6]
+        counts = np.zeros(4, dtype=np.int64)
+        args = (*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts)
+        if self.new:
+            args += (np.full(1, -1, dtype=np.int64),)
+        # CPU time of this thread: on a shared machine, wall time also counts other processes' turns
+        t = time.thread_time()
+        self.module.ENCODE_ROWS[spec[0]](*args)
+        return time.thread_time() - t, int(counts[0])
+
+
+def sweep(args) -> None:
+    from dscore.encoding import _cell_rows
+    from dscore.kernels import cpu
+    from dscore.kernels.unicode import tables
+
+    impls = [Kernels(load_kernels(ref), ref) for ref in args.baseline or ()] + [Kernels(cpu, "this tree")]
+    uni = tables()
+    steps = {  # what each timed field does beyond the previous one
+        "scan": (Field("f", max_len=1, on_invalid_utf8="replace"), 1 << 20),
+        "+copy+hash": (Field("f", max_len=40), 1 << 20),
+        "+lookup": (Field("f", max_len=40), 0),
+    }
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}; one thread; {args.tokens:,} tokens a case, median of {args.repeat}; "
+          "ns per token of thread CPU time")
+    print(f"{'bytes':>5} {'tokens':<6} {'table':>9} {'kernels':<12}{'scan':>8}{'copy+hash':>11}{'lookup':>8}"
+          f"{'ns/token':>10}{'M tokens/s':>12}")
+    rng = np.random.default_rng(1)
+    for length in args.lengths:
+        for mixed in (False, True):
+            for size in args.tables:
+                vocab = sweep_vocab(size, length, mixed)
+                rows = _cell_rows(sweep_column(rng, vocab, args.tokens, mixed))
+                tables_ = [impl.table(vocab) for impl in impls]
+                out = np.empty((len(rows[0]), 40), dtype=np.int32)
+                times = {(i, s): [] for i in range(len(impls)) for s in steps}
+                for r in range(args.repeat + 1):  # the first round compiles and warms caches
+                    for i, impl in enumerate(impls):
+                        for s, (field, buckets) in steps.items():
+                            secs, n = impl.encode(rows, field, buckets, tables_[i], uni, out)
+                            if r:
+                                times[i, s].append(secs / n * 1e9)
+                for i, impl in enumerate(impls):
+                    scan, hashed, full = (float(np.median(times[i, s])) for s in steps)
+                    print(f"{length:>5} {'mixed' if mixed else 'ascii':<6} {size:>9,} {impl.label:<12}{scan:>8.1f}"
+                          f"{hashed - scan:>11.1f}{full - hashed:>8.1f}{full:>10.1f}{1e3 / full:>12.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--python-rows", type=int, default=50_000)
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--sweep", action="store_true", help="the kernel alone across token lengths, alphabets, tables")
+    ap.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[5, 20, 40])
+    ap.add_argument("--tables", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 200_000, 2_000_000])
+    ap.add_argument("--tokens", type=int, default=1_000_000, help="tokens per sweep case")
+    ap.add_argument("--baseline", action="append", help="git revision whose CPU kernels to time beside this tree's "
+                    "(--sweep; may be given several times)")
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child)
+    if args.sweep:
+        return sweep(args)
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()

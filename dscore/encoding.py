@@ -197,20 +197,98 @@ def _spec(field: Field) -> tuple:
         int(field.pad == "left"),
         int(field.lower),
         int(field.strip),
+        int(field.on_invalid_utf8 == "replace"),
     )
+
+
+def _replacing(spec: tuple) -> tuple:
+    return (*spec[:-1], 1)
 
 
 def _sep(field: Field) -> np.ndarray:
     return np.frombuffer(field.sep.encode("utf-8"), dtype=np.uint8)
 
 
+# ---------------------------------------------------------------- invalid UTF-8
+class InvalidUTF8Error(ValueError):
+    """A string column holds invalid UTF-8 and its field says ``on_invalid_utf8: fail``.
+
+    ``row`` counts from the first row of the table given to ``encode_table``.
+    """
+
+    def __init__(self, field: str, column: str, row: int, detail: str):
+        self.field, self.column, self.row, self.detail = field, column, row, detail
+        super().__init__(self.reason(f"row {row}"))
+
+    def reason(self, row: str) -> str:
+        """The message, with the bad row described as ``row`` (the caller may know more of it)."""
+        return (
+            f"field {self.field!r} (column {self.column!r}): {row} is not valid UTF-8 ({self.detail}); expected "
+            f"UTF-8 text: fix the input, or set on_invalid_utf8: replace on field {self.field!r} to read each "
+            "invalid sequence as U+FFFD"
+        )
+
+    def __reduce__(self):
+        return (InvalidUTF8Error, (self.field, self.column, self.row, self.detail))
+
+
+def _row_strings(arr: pa.Array, row: int) -> list[bytes]:
+    """The raw bytes of the strings of row ``row`` (a cell, or a list's elements), as
+    the kernels see them. Error messages only: this is slow."""
+    if pa.types.is_dictionary(arr.type):
+        return _row_strings(_as_strings(arr.dictionary), arr.indices[row].as_py())
+    if _is_list(arr.type):
+        starts, stops, _, _, child = _list_buffers(arr)
+        strings = child.slice(starts[row], stops[row] - starts[row])
+    else:
+        strings = _as_strings(arr).slice(row, 1)
+    binary = pa.large_binary() if pa.types.is_large_string(strings.type) else pa.binary()
+    return [b for b in strings.view(binary).to_pylist() if b is not None]
+
+
+def _utf8_error(field: Field, arr: pa.Array, row: int, table_row: int) -> InvalidUTF8Error:
+    """The error for row ``row`` of the chunk ``arr`` (row ``table_row`` of the table),
+    where a kernel found invalid UTF-8; says what Python's decoder says of it."""
+    detail = "invalid bytes"
+    for i, b in enumerate(_row_strings(arr, row)):
+        try:
+            b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = f"list element {i}, " if _is_list(arr.type) else ""
+            detail = f"{where}byte {e.start}: {e.reason} {b[e.start : e.end]!r}"
+            break
+    return InvalidUTF8Error(field.name, field.column, table_row, detail)
+
+
+def _dictionary_invalid_row(arr: pa.DictionaryArray) -> int:
+    """First row of ``arr`` whose dictionary entry is invalid UTF-8, or -1 when only
+    entries that no row uses are (a slice shares its parent's whole dictionary)."""
+    entries = _as_strings(arr.dictionary)
+    binary = pa.large_binary() if pa.types.is_large_string(entries.type) else pa.binary()
+    invalid = np.array([b is not None and not _decodes(b) for b in entries.view(binary).to_pylist()] + [False])
+    codes = arr.indices.fill_null(len(entries)).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = np.flatnonzero(invalid[codes])
+    return int(rows[0]) if len(rows) else -1
+
+
+def _decodes(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- encode
-def _encode_array(arr, field, buckets, lk, uni, out, counts):
+def _encode_array(arr, field, buckets, lk, uni, out, counts) -> int:
+    """Encode the chunk ``arr`` into ``out``; return its first row that holds invalid
+    UTF-8 where the field fails on it (``out`` is then incomplete), else -1."""
     t = arr.type
     if pa.types.is_null(t):
         out[:] = cpu.PAD
-        return
+        return -1
     spec = _spec(field)
+    bad = np.full(1, -1, dtype=np.int64)
     if pa.types.is_dictionary(t):
         dictionary = _as_strings(arr.dictionary)
         dict_out = np.empty((len(dictionary), field.max_len), dtype=np.int32)
@@ -218,15 +296,23 @@ def _encode_array(arr, field, buckets, lk, uni, out, counts):
         scratch_counts = np.zeros(4, dtype=np.int64)
         if pa.types.is_null(dictionary.type):
             dictionary = pa.array([None] * len(dictionary), pa.string())
-        cpu.ENCODE_ROWS[spec[0]](*_cell_rows(dictionary), spec, _sep(field), buckets, lk, uni, dict_out, dict_tokens, scratch_counts)
+        args = (*_cell_rows(dictionary), spec, _sep(field), buckets, lk, uni, dict_out, dict_tokens, scratch_counts)
+        cpu.ENCODE_ROWS[spec[0]](*args, bad)
+        if bad[0] >= 0:
+            row = _dictionary_invalid_row(arr)
+            if row >= 0:
+                return row
+            # only unused entries are invalid: what they encode to is never read
+            cpu.ENCODE_ROWS[spec[0]](*args[:8], _replacing(spec), *args[9:], bad)
         indices = arr.indices
         codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
         codes = _readonly(codes[indices.offset : indices.offset + len(indices)])
         valid, off = _bits(arr)
         cpu.gather_rows(codes, valid, off, dict_out, dict_tokens, out, counts)
-    else:
-        rows = _list_rows(arr) if _is_list(t) else _cell_rows(arr)
-        cpu.ENCODE_ROWS[spec[0]](*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts)
+        return -1
+    rows = _list_rows(arr) if _is_list(t) else _cell_rows(arr)
+    cpu.ENCODE_ROWS[spec[0]](*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts, bad)
+    return int(bad[0])
 
 
 def _output(buffers, field: Field, rows: int) -> np.ndarray:
@@ -317,7 +403,9 @@ def _encode_fields(table: pa.Table, fields, vocab, buffers, output, encode_array
         counts = np.zeros(4, dtype=np.int64)
         row = 0
         for chunk in col.chunks:
-            encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
+            bad = encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
+            if bad >= 0:
+                raise _utf8_error(field, chunk, bad, row + bad)
             row += len(chunk)
         arrays[field.name] = out
         stats[field.name] = FieldStats(table.num_rows, *(int(c) for c in counts))
@@ -346,6 +434,9 @@ def encode(table, fields: Sequence[Field], vocab=None) -> dict[str, np.ndarray]:
         A field's column is missing, or a field has neither a table nor buckets.
     TypeError
         A column's Arrow type does not fit its field's kind.
+    InvalidUTF8Error
+        A string column holds invalid UTF-8 and its field has ``on_invalid_utf8: fail``
+        (the default); a ``ValueError`` that names the field, column and first bad row.
     """
     return encode_table(table, fields, vocab)[0]
 
@@ -419,8 +510,10 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
     spec = _spec(field)
     chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     keys, weights = [], []
-    for chunk in chunks:
-        t = chunk.type
+    row0 = 0
+    for original in chunks:
+        chunk, t = original, original.type
+        row0 += len(chunk)
         if pa.types.is_null(t) or len(chunk) == 0:
             continue
         freq = None
@@ -431,8 +524,14 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
             if pa.types.is_null(chunk.type):
                 continue
         rows = _list_rows(chunk) if _is_list(chunk.type) else _cell_rows(chunk)
-        res = cpu.tokenize_rows(*rows, spec, _sep(field), uni)
-        tok_offsets, tok_bytes, tok_rows, ntok = res
+        tok_offsets, tok_bytes, tok_rows, ntok, bad = cpu.tokenize_rows(*rows, spec, _sep(field), uni)
+        if bad >= 0:
+            row = bad if freq is None else _dictionary_invalid_row(original)
+            if row >= 0:
+                raise _utf8_error(field, original, row, row0 - len(original) + row)
+            # only dictionary entries that no row uses are invalid: their weights are 0
+            res = cpu.tokenize_rows(*rows, _replacing(spec), _sep(field), uni)
+            tok_offsets, tok_bytes, tok_rows, ntok, _ = res
         tokens = pa.LargeStringArray.from_buffers(
             ntok, pa.py_buffer(tok_offsets[: ntok + 1]), pa.py_buffer(tok_bytes[: tok_offsets[ntok]])
         )
@@ -449,6 +548,7 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
 
 
 __all__ = [
-    "FieldStats", "check_field_type", "check_fields", "encode", "encode_table", "resolve_encode_device", "tokenize",
+    "FieldStats", "InvalidUTF8Error", "check_field_type", "check_fields", "encode", "encode_table",
+    "resolve_encode_device", "tokenize",
 ]  # fmt: skip
 

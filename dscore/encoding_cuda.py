@@ -27,7 +27,9 @@ from .encoding import (
     _encode_fields,
     _is_list,
     _list_rows,
+    _dictionary_invalid_row,
     _readonly,
+    _replacing,
     _sep,
     _spec,
 )
@@ -52,10 +54,12 @@ def _output(buffers, field: Field, rows: int):
     return buf[:rows]
 
 
-def _encode_array(arr, field, buckets, lk, uni, out, counts):
-    """``encoding._encode_array`` on the GPU: encode one Arrow chunk into the device view ``out``."""
+def _encode_array(arr, field, buckets, lk, uni, out, counts) -> int:
+    """``encoding._encode_array`` on the GPU: encode one Arrow chunk into the device view
+    ``out``; return its first row holding invalid UTF-8 where the field fails on it, else -1."""
     t = arr.type
     spec, sep = _spec(field), _sep(field)
+    bad = np.full(1, -1, dtype=np.int64)
     if pa.types.is_null(t):  # all padding, no tokens: what the kernel writes for null cells
         arr = pa.nulls(len(arr), pa.string())
     if pa.types.is_dictionary(t):
@@ -63,15 +67,24 @@ def _encode_array(arr, field, buckets, lk, uni, out, counts):
         if pa.types.is_null(dictionary.type):
             dictionary = pa.array([None] * len(dictionary), pa.string())
         dict_tokens = cuda.device_array(len(dictionary), dtype=np.int64)
-        dict_out, _ = kc.encode_rows_cuda(*_cell_rows(dictionary), spec, sep, buckets, lk, uni, row_tokens=dict_tokens)
+        rows = _cell_rows(dictionary)
+        dict_out, _ = kc.encode_rows_cuda(*rows, spec, sep, buckets, lk, uni, row_tokens=dict_tokens, bad=bad)
+        if bad[0] >= 0:
+            row = _dictionary_invalid_row(arr)
+            if row >= 0:
+                return row
+            # only unused entries are invalid: what they encode to is never read
+            bad[0] = -1
+            dict_out, _ = kc.encode_rows_cuda(*rows, _replacing(spec), sep, buckets, lk, uni, row_tokens=dict_tokens)
         indices = arr.indices
         codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
         codes = _readonly(codes[indices.offset : indices.offset + len(indices)])
         _, c = kc.gather_rows_cuda(codes, *_bits(arr), dict_out, dict_tokens, out=out)
     else:
         rows = _list_rows(arr) if _is_list(arr.type) else _cell_rows(arr)
-        _, c = kc.encode_rows_cuda(*rows, spec, sep, buckets, lk, uni, out=out)
+        _, c = kc.encode_rows_cuda(*rows, spec, sep, buckets, lk, uni, out=out, bad=bad)
     counts += c
+    return int(bad[0])
 
 
 def encode_table(table: pa.Table, fields: Sequence[Field], vocab=None, *, buffers=None, device: str = "cuda"):

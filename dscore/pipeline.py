@@ -30,7 +30,7 @@ import psutil
 import pyarrow as pa
 
 from . import io
-from .encoding import FieldStats, check_field_type, check_fields, encode_table
+from .encoding import FieldStats, InvalidUTF8Error, check_field_type, check_fields, encode_table
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
@@ -129,7 +129,13 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
                 if task.id_types is not None:  # planning saw the footer; this is what gets written
                     task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
             seconds["read"] += time.perf_counter() - start
-            scored, slice_stats, slice_seconds, execution = score_table(table, task)
+            try:
+                scored, slice_stats, slice_seconds, execution = score_table(table, task)
+            except InvalidUTF8Error as e:
+                row = f"row {rows + e.row}"
+                if piece.format == "parquet":  # rows count from the piece's first row group
+                    row += f" of row groups {piece.rg_start}-{piece.rg_stop - 1}"
+                raise io.InputError(piece.url, None, None, e.reason(row)) from e
             for name, s in slice_stats.items():
                 stats[name].add(s)
             for k, v in slice_seconds.items():

@@ -14,6 +14,7 @@ KINDS = ("delimited", "list", "scalar")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
 TRUNCATE = ("head", "tail")
 PAD = ("right", "left")
+ON_INVALID_UTF8 = ("fail", "replace")
 # Indices are int32 and 0/1 are reserved, so buckets must leave 2 + (buckets - 1) < 2**31.
 MAX_BUCKETS = 2**31 - 2
 
@@ -50,6 +51,13 @@ class Field:
         Normalization: a token's key is exactly Python's ``token.strip().lower()``
         (each step only when enabled). Tokens empty after normalization are dropped;
         a null cell, list or list element contributes no token.
+    on_invalid_utf8 : {"fail", "replace"}
+        A string cell that is not valid UTF-8: ``fail`` (the default) fails the
+        partition with an error naming the column and the first such row;
+        ``replace`` reads it as Python's ``bytes.decode("utf-8", "replace")`` does
+        (U+FFFD for each maximal invalid subpart: overlong forms, surrogates,
+        truncated sequences, bytes above U+10FFFF, lone continuation bytes), then
+        normalizes the result as usual. Hashing mode hashes the replaced key.
     buckets : int, optional
         Hashing mode: index ``2 + hash_token(key) % buckets`` instead of a
         vocabulary table.
@@ -68,6 +76,7 @@ class Field:
     pad: str = "right"
     lower: bool = True
     strip: bool = True
+    on_invalid_utf8: str = "fail"
     buckets: int | None = None
 
     def __post_init__(self):
@@ -97,6 +106,8 @@ class Field:
         for key in ("lower", "strip"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, getattr(self, key), "true or false", TypeError)
+        if self.on_invalid_utf8 not in ON_INVALID_UTF8:
+            bad("on_invalid_utf8", self.on_invalid_utf8, f"one of {', '.join(ON_INVALID_UTF8)}")
         if self.buckets is not None:
             if not _is_int(self.buckets):
                 bad("buckets", self.buckets, "a positive integer or null", TypeError)

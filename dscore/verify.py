@@ -84,16 +84,25 @@ def xxh64(data: bytes) -> int:
     return h ^ (h >> 32)
 
 
+def _text(value, field) -> str:
+    """A cell or list element as text; raw bytes are decoded as ``field.on_invalid_utf8``
+    says (``replace``: invalid sequences become U+FFFD; ``fail``: UnicodeDecodeError)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace" if field.on_invalid_utf8 == "replace" else "strict")
+    return str(value)
+
+
 def reference_keys(value, field) -> list[str]:
-    """The normalized, non-empty tokens of one cell (a Python value), in order."""
+    """The normalized, non-empty tokens of one cell (a Python value, or the raw bytes
+    of a string), in order."""
     if value is None:
         return []
     if field.kind == "list":
-        raw = [str(x) for x in value if x is not None]
+        raw = [_text(x, field) for x in value if x is not None]
     elif field.kind == "delimited":
-        raw = str(value).split(field.sep)
+        raw = _text(value, field).split(field.sep)
     else:
-        raw = [str(value)]
+        raw = [_text(value, field)]
     out = []
     for tok in raw:
         if field.strip:
@@ -110,7 +119,13 @@ def reference_encode(values, field, mapping=None):
     out = np.zeros((len(values), field.max_len), dtype=np.int32)
     counts = [0, 0, 0, 0]
     for i, v in enumerate(values):
-        keys = reference_keys(v, field)
+        try:
+            keys = reference_keys(v, field)
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"field {field.name!r} (column {field.column!r}): row {i} is not valid UTF-8 ({e}); "
+                f"set on_invalid_utf8: replace on field {field.name!r} to read each invalid sequence as U+FFFD"
+            ) from e
         kept = keys[: field.max_len] if field.truncate == "head" else keys[-field.max_len :]
         if field.buckets is not None:
             row = [FIRST + xxh64(k.encode("utf-8")) % field.buckets for k in kept]
@@ -125,6 +140,37 @@ def reference_encode(values, field, mapping=None):
         counts[2] += sum(1 for r in row if r == OOV)
         counts[3] += len(keys) > field.max_len
     return out, counts
+
+
+def _raw_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with its strings as binary: the cells' raw bytes, which the reference decodes itself."""
+    if pa.types.is_dictionary(t):
+        return _raw_type(t.value_type)
+    if pa.types.is_large_string(t):
+        return pa.large_binary()
+    if pa.types.is_string(t) or pa.types.is_string_view(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_large_list_view(t):
+        return pa.large_list(_raw_type(t.value_type))
+    if pa.types.is_list(t) or pa.types.is_list_view(t) or pa.types.is_fixed_size_list(t):
+        return pa.list_(_raw_type(t.value_type))
+    return t
+
+
+def reference_values(column) -> list:
+    """A column's cells as Python values, strings as their raw bytes (Arrow's own
+    conversion would refuse invalid UTF-8 before the field's rule could apply)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    return [v for chunk in chunks for v in _raw_values(chunk)]
+
+
+def _raw_values(arr: pa.Array) -> list:
+    t = arr.type
+    if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):  # some pyarrow releases cast these wrongly
+        child = _raw_values(arr.values)
+        spans = zip(arr.offsets.to_pylist(), arr.sizes.to_pylist(), arr.is_valid().to_pylist())
+        return [child[o : o + n] if ok else None for o, n, ok in spans]
+    return arr.cast(_raw_type(t)).to_pylist()
 
 
 # ---------------------------------------------------------------- sampling
@@ -194,7 +240,7 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
         if f.buckets is None:
             t = vocab[f.name]
             mapping = dict(zip(t.column("token").to_pylist(), t.column("index").to_pylist()))
-        arrays[f.name] = reference_encode(table.column(f.column).to_pylist(), f, mapping)[0]
+        arrays[f.name] = reference_encode(reference_values(table.column(f.column)), f, mapping)[0]
     spec = dataclasses.replace(job.model, precision=precision or job.model.precision)
     model = Model.load(spec, job.fields, device="cpu", storage_options=job.storage_options)
     model.batch_size = 1024
@@ -274,4 +320,6 @@ def format_result(result: dict) -> str:
     )
 
 
-__all__ = ["diff_table", "format_result", "reference_encode", "reference_keys", "sample", "verify", "xxh64"]
+__all__ = [
+    "diff_table", "format_result", "reference_encode", "reference_keys", "reference_values", "sample", "verify", "xxh64",
+]  # fmt: skip

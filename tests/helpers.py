@@ -18,6 +18,8 @@ def reference_scores(demo, paths=None, fields=FIELDS):
     """Eager PyTorch on the plain-Python reference encoding: {user_id: score}."""
     import torch
 
+    from dscore.verify import reference_values
+
     from . import naive
 
     paths = paths or sorted(glob.glob(demo["data"]))
@@ -27,7 +29,7 @@ def reference_scores(demo, paths=None, fields=FIELDS):
         for f in fields
     }
     inputs = [
-        torch.from_numpy(naive.encode(table.column(f.column).to_pylist(), f, mapping[f.name])[0]).long()
+        torch.from_numpy(naive.encode(reference_values(table.column(f.column)), f, mapping[f.name])[0]).long()
         for f in fields
     ]
     with torch.inference_mode():
@@ -35,15 +37,16 @@ def reference_scores(demo, paths=None, fields=FIELDS):
     return dict(zip(table.column("user_id").to_pylist(), scores.tolist()))
 
 
-def check_exactly_once(demo, output, data_glob, rows):
+def check_exactly_once(demo, output, data_glob, rows, fields=FIELDS):
     """``output`` (a local directory) holds every row of ``data_glob`` (a glob, or a
-    list of parquet files) once, with the eager reference's score, and ``_SUCCESS``."""
+    list of parquet files) once, with the eager reference's score (encoding
+    ``fields``), and ``_SUCCESS``."""
     files = sorted(glob.glob(os.path.join(output, "part-*.parquet")))
     out = pa.concat_tables(pq.read_table(f) for f in files)
     ids = out.column("user_id").to_pylist()
     assert len(ids) == rows, f"{len(ids)} rows, expected {rows}"  # nothing lost, nothing duplicated
     assert len(set(ids)) == rows
-    want = reference_scores(demo, data_glob if isinstance(data_glob, list) else sorted(glob.glob(data_glob)))
+    want = reference_scores(demo, data_glob if isinstance(data_glob, list) else sorted(glob.glob(data_glob)), fields)
     got = out.column("score").to_numpy()
     assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
     assert os.path.exists(os.path.join(output, "_SUCCESS"))

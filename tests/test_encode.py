@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -275,3 +277,170 @@ def test_reused_buffers_are_fully_overwritten():
     dict_col = pa.array(["a", None, "b"]).dictionary_encode()
     third = encode_table(pa.table({"f": dict_col}), [field], vocab, buffers=buffers)[0]["f"]
     assert third.tolist() == [[0, 0, 2], [0, 0, 0], [0, 0, 3]]
+
+
+# ---------------------------------------------------------------- invalid UTF-8
+# One rule on every path: on_invalid_utf8: replace reads a cell as Python's
+# bytes.decode("utf-8", "replace"); fail (the default) names the first bad row.
+INVALID_UTF8 = {
+    "overlong": [b"\xc1\xafppo", b"\xc0\xa0", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf", b"\xe0\x9f\xbf"],
+    "surrogate": [b"\xed\xa0\x80", b"\xed\xbf\xbfX", b"\xed\xa0"],
+    "truncated": [b"x\xe2\x82", b"\xf0\x9f\x98", b"\xe2,", b"\xf0\x9f\x98 A", b"\xf4\x8f\xbf"],
+    "above U+10FFFF": [b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xff\xfe"],
+    "lone continuation": [b"\x80", b"\xbf\xbfab", b"\xc3\xa9\x80", b"A\xce\xa3\x80"],
+    # next to what strip and the final-sigma rule look at
+    "in context": [b"\xe2\x80\x83\xff\xe2\x80\x83", b" \xc0\xa0 ", b"\xce\x91\xce\xa3\xcc\x81\xff", b"\xff\xce\xa3", b"\xc4\xb0\xed"],
+}
+INVALID_PIECES = [b for pieces in INVALID_UTF8.values() for b in pieces]
+BYTE_LAYOUTS = {"cell": ["string", "large_string", "dictionary"], "list": ["list", "large_list", "list_dict"]}
+
+
+@st.composite
+def byte_cells(draw, sep, kind):
+    """A column's cells as raw bytes (None for null): valid text, arbitrary bytes and
+    every class of invalid UTF-8, mixed."""
+    piece = st.one_of(
+        st.binary(max_size=3), st.sampled_from(INVALID_PIECES), token_chars.map(str.encode), st.just(sep.encode())
+    )
+    text = st.lists(piece, max_size=8).map(b"".join)
+    if kind == "list":
+        return draw(st.lists(st.one_of(st.none(), st.lists(st.one_of(st.none(), text), max_size=5)), max_size=12))
+    return draw(st.lists(st.one_of(st.none(), text), max_size=12))
+
+
+def bytes_column(values, kind, layout, cut) -> pa.ChunkedArray:
+    """Raw-byte ``values`` as an Arrow string column that Arrow would not validate, in two chunks."""
+    large = layout == "large_list" or layout == "large_string"
+    binary, string = (pa.large_binary(), pa.large_string()) if large else (pa.binary(), pa.string())
+    if kind == "list":
+        outer = pa.large_list if large else pa.list_
+        arr = pa.array(values, outer(binary)).view(outer(string))
+        if layout == "list_dict":
+            arr = pa.ListArray.from_arrays(arr.offsets, arr.values.dictionary_encode(), mask=arr.is_null())
+    else:
+        arr = pa.array(values, binary).view(string)
+        if layout == "dictionary":
+            arr = arr.dictionary_encode()
+    cut = min(cut, len(values))
+    return pa.chunked_array([arr.slice(0, cut), arr.slice(cut)], arr.type)
+
+
+def draw_bytes_case(data, field):
+    """``(values, layout, cut)`` for ``field``: drawn from ``data``, or, when ``data`` is
+    None, the pinned example: every class of invalid UTF-8, and a bad token or list
+    element after the first (which ``max_len: 1`` drops)."""
+    if data is None:
+        if field.kind == "list":
+            return [[b"ok", b"\xc1\xafppo"], None, [b"ok", *INVALID_PIECES]], "list", 1
+        return [b"ok", b"a," + b",".join(INVALID_PIECES), None, b"\xc1\xafppo"], "string", 1
+    values = data.draw(byte_cells(field.sep, field.kind))
+    layout = data.draw(st.sampled_from(BYTE_LAYOUTS["list" if field.kind == "list" else "cell"]))
+    return values, layout, data.draw(st.integers(0, 12))
+
+
+def first_invalid_row(values):
+    """The first row holding a string that Python cannot decode, or None."""
+    for i, v in enumerate(values):
+        strings = [] if v is None else [x for x in v if x is not None] if isinstance(v, list) else [v]
+        for b in strings:
+            try:
+                b.decode("utf-8")
+            except UnicodeDecodeError:
+                return i
+    return None
+
+
+def check_bytes_case(values, field, layout, cut, device="cpu"):
+    """Encode raw-byte cells on ``device`` against the plain-Python reference, which
+    decodes them itself (``dscore.verify.reference_values``), and tokenize them."""
+    from dscore.encoding import InvalidUTF8Error
+    from dscore.verify import reference_values
+
+    col = bytes_column(values, field.kind, layout, cut)
+    assert reference_values(col) == values
+    mapping = vocabulary_for(values, dataclasses.replace(field, on_invalid_utf8="replace"), cut)
+    bad = first_invalid_row(values)
+    if bad is not None and field.on_invalid_utf8 == "fail":
+        match = rf"field 'f' \(column 'f'\): row {bad} is not valid UTF-8 \(.*byte \d+: .+\); .*on_invalid_utf8: replace"
+        with pytest.raises(InvalidUTF8Error, match=match):
+            encode_table(pa.table({"f": col}), [field], as_vocab(mapping), device=device)
+        with pytest.raises(ValueError, match=rf"row {bad} is not valid UTF-8"):
+            naive.encode(reference_values(col), field, mapping)
+        if device == "cpu":
+            with pytest.raises(InvalidUTF8Error, match=match):
+                tokenize(col, field)
+        return
+    arrays, stats = encode_table(pa.table({"f": col}), [field], as_vocab(mapping), device=device)
+    got = arrays["f"] if device == "cpu" else arrays["f"].copy_to_host()
+    expected, counts = naive.encode(reference_values(col), field, mapping)
+    np.testing.assert_array_equal(got, expected)
+    s = stats["f"]
+    assert [s.tokens, s.kept, s.oov, s.truncated] == counts
+    if device == "cpu":
+        tokens, weights = tokenize(col, field)
+        got: dict = {}
+        for t, w in zip(tokens.to_pylist(), weights):
+            got[t] = got.get(t, 0) + int(w)
+        want: dict = {}
+        for k in (k for v in values for k in naive.keys(v, field)):
+            want[k] = want.get(k, 0) + 1
+        assert got == want
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), field=fields(), replace=st.booleans())
+@example(data=None, field=Field("f", kind="delimited", max_len=2, truncate="tail", buckets=97), replace=True).via(
+    "pinned: every class of invalid UTF-8"
+)
+@example(data=None, field=Field("f", kind="delimited", max_len=1), replace=False).via(
+    "pinned: invalid UTF-8 only in a token that truncation drops still fails"
+)
+@example(data=None, field=Field("f", kind="list", max_len=1), replace=False).via(
+    "pinned: invalid UTF-8 only in a list element that truncation drops still fails"
+)
+def test_invalid_utf8_follows_python(data, field, replace):
+    values, layout, cut = draw_bytes_case(data, field)
+    field = dataclasses.replace(field, on_invalid_utf8="replace" if replace else "fail")
+    check_bytes_case(values, field, layout, cut)
+
+
+@pytest.mark.parametrize("cls", sorted(INVALID_UTF8))
+@pytest.mark.parametrize("buckets", [None, 1009])
+def test_each_invalid_utf8_class_reads_as_python_replace(cls, buckets):
+    """Each class on its own, as a scalar: the key is decode("utf-8", "replace").strip().lower()
+    (so b"\\xc1\\xafppo" is not the token 'oppo'); hashing mode hashes that key's UTF-8."""
+    raw = INVALID_UTF8[cls]
+    keys = [b.decode("utf-8", "replace").strip().lower() for b in raw]
+    field = Field("f", kind="scalar", buckets=buckets, on_invalid_utf8="replace")
+    mapping = {"oppo": 2, **{k: 3 + i for i, k in enumerate(dict.fromkeys(keys))}}
+    col = pa.chunked_array([pa.array(raw, pa.binary()).view(pa.string())])
+    got = encode(pa.table({"f": col}), [field], as_vocab(mapping))["f"][:, 0].tolist()
+    if buckets is None:
+        assert got == [mapping[k] for k in keys]
+    else:
+        assert got == [2 + naive.xxh64(k.encode()) % buckets for k in keys]
+
+
+def test_invalid_utf8_in_an_unused_dictionary_entry_is_not_a_row():
+    """A slice shares its parent's dictionary: entries no row uses do not fail it."""
+    arr = pa.array([b"\xc1\xafppo", b"ok", b"\xff"], pa.binary()).view(pa.string()).dictionary_encode()
+    vocab = as_vocab({"ok": 2})
+    assert encode(pa.table({"f": arr.slice(1, 1)}), [Field("f")], vocab)["f"].tolist() == [[2]]
+    with pytest.raises(ValueError, match=r"row 1 is not valid UTF-8 \(byte 0: invalid start byte b'\\xff'\)"):
+        encode(pa.table({"f": arr.slice(1)}), [Field("f")], vocab)
+
+
+def test_short_byte_sequences_decode_as_python():
+    """Every 1- and 2-byte cell, and 3- and 4-byte cells over each lead byte with
+    continuation bytes at the edges of the ranges Table 3-7 allows: the kernels' keys
+    are Python's decode("utf-8", "replace") (then lower()), byte for byte."""
+    edges = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    cells = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)]
+    cells += [bytes([a, b, c]) for a in range(0xE0, 0x100) for b in edges for c in edges]
+    cells += [bytes([a, b, c, d]) for a in range(0xF0, 0x100) for b in edges for c in edges for d in (0x80, 0xBF, 0x41)]
+    col = pa.array(cells, pa.binary()).view(pa.string())
+    for lower in (False, True):
+        field = Field("f", kind="scalar", strip=False, lower=lower, on_invalid_utf8="replace")
+        keys, _ = tokenize(col, field)
+        want = [c.decode("utf-8", "replace") for c in cells]
+        assert keys.to_pylist() == [w.lower() if lower else w for w in want]

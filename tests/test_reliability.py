@@ -7,9 +7,11 @@ the right score (``check_exactly_once``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,7 @@ import yaml
 from distributed.chaos import KillWorker
 
 import dscore
-from dscore.demo import make_table, package_names
+from dscore.demo import FIELDS, make_table, package_names
 from dscore.pipeline import JobError
 
 from .helpers import check_exactly_once
@@ -266,6 +268,11 @@ def corrupt_inputs(src_root, dst, kind):
     elif kind == "other type":
         apps = pa.array([None if v is None else v.split(",") for v in table.column("apps").to_pylist()])
         pq.write_table(table.set_column(table.schema.get_field_index("apps"), "apps", apps), bad, row_group_size=100)
+    elif kind == "invalid UTF-8":  # Arrow and parquet store it unchecked
+        apps = table.column("apps").combine_chunks().view(pa.binary()).to_pylist()
+        apps[250] = b"com.app\xc1\xaf,\xc1\xafppo," + (apps[250] or b"")  # overlong '/', then 'oppo'
+        apps = pa.array(apps, pa.binary()).view(pa.string())
+        pq.write_table(table.set_column(table.schema.get_field_index("apps"), "apps", apps), bad, row_group_size=100)
     elif kind == "float cells":
         dn = pa.array(np.arange(table.num_rows, dtype=np.float64))
         pq.write_table(table.set_column(table.schema.get_field_index("device_name"), "device_name", dn), bad, row_group_size=100)
@@ -279,6 +286,8 @@ BAD = {
     "missing column": r"f02.parquet \(row groups \d+-\d+\), column 'campaigns': column is missing from the file",
     "other type": r"f02.parquet \(row groups \d+-\d+\): field 'apps' \(column 'apps', kind 'delimited'\) expects .* found list<",
     "float cells": r"f02.parquet \(row groups \d+-\d+\): field 'device_name' \(column 'device_name', kind 'scalar'\) expects .*found double",
+    "invalid UTF-8": r"f02.parquet: field 'apps' \(column 'apps'\): row 50 of row groups 2-3 is not valid UTF-8 \(byte 7: "
+    r"invalid start byte b'\\xc1'\); expected UTF-8 text: fix the input, or set on_invalid_utf8: replace on field 'apps'",
 }
 
 
@@ -291,7 +300,7 @@ def test_bad_input_fails_naming_the_file(demo, many, client, tmp_path, kind):
     assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
 
 
-@pytest.mark.parametrize("kind", ["garbage", "corrupt page", "missing column", "float cells"])
+@pytest.mark.parametrize("kind", ["garbage", "corrupt page", "missing column", "float cells", "invalid UTF-8"])
 def test_quarantine_skips_counts_and_lists(demo, many, tmp_path, kind):
     bad = corrupt_inputs(many["root"], tmp_path / "in", kind)
     job = {**many["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "out"),
@@ -318,3 +327,28 @@ def test_quarantine_skips_counts_and_lists(demo, many, tmp_path, kind):
     lost = set(range(800, 1200)) - set(ids)
     listed = sum(200 if q["partition"] is not None else 400 for q in quarantined)
     assert len(lost) == listed
+
+
+def test_invalid_utf8_is_one_line_or_replaced_as_python_does(demo, many, tmp_path):
+    """`dscore score` on a string cell that is not UTF-8: by default one line naming the
+    file, row groups, column and row (exit 1, no traceback, no _SUCCESS); with
+    on_invalid_utf8: replace every row is scored, the bad cell as Python's
+    decode("utf-8", "replace") reads it."""
+    corrupt_inputs(many["root"], tmp_path / "in", "invalid UTF-8")
+    job = {**many["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "out"), "workers": 2}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    cmd = [sys.executable, "-m", "dscore.cli", "score", str(path), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback (most recent call last)" not in r.stderr  # (workers log the failed task's frames)
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.search(BAD["invalid UTF-8"], last), r.stderr
+    assert not os.path.exists(tmp_path / "out" / "_SUCCESS")
+
+    fields = [dataclasses.replace(f, on_invalid_utf8="replace") for f in FIELDS]
+    job["fields"] = [f.to_dict(compact=True) for f in fields]
+    path.write_text(yaml.safe_dump(job))
+    r = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_exactly_once(demo, str(tmp_path / "out"), str(tmp_path / "in" / "*.parquet"), 6 * 400, fields)

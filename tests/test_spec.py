@@ -36,6 +36,7 @@ def test_defaults_and_repr():
         ({"buckets": 2**31}, ValueError, r"field 'f': buckets is 2147483648"),
         ({"buckets": "10"}, TypeError, r"field 'f': buckets is '10'; expected a positive integer or null"),
         ({"column": 3}, TypeError, r"field 'f': column is 3; expected a column name"),
+        ({"on_invalid_utf8": "skip"}, ValueError, r"field 'f': on_invalid_utf8 is 'skip'; expected one of fail, replace"),
     ],
 )
 def test_bad_options(kwargs, exc, match):
@@ -93,6 +94,7 @@ def test_job_roundtrip_and_defaults():
         ({"id_columns": [1]}, r"id_columns: expected a list of strings, got \[1\]"),
         ({"on_bad_input": "skip"}, r"on_bad_input: expected one of fail, quarantine, got 'skip'"),
         ({"fields": [{"name": "a", "max_len": 0}]}, r"^j.yaml: fields\[0\]: field 'a': max_len is 0; expected a positive integer$"),
+        ({"fields": [{"name": "a", "on_invalid_utf8": "ignore"}]}, r"^j.yaml: fields\[0\]: field 'a': on_invalid_utf8 is 'ignore'; expected one of fail, replace$"),
         ({"fields": []}, r"fields: expected a non-empty list"),
         ({"fields": [{"name": "a"}, {"name": "a"}]}, r"field 'a' is given twice"),
         ({"vocab": None}, r"missing required key 'vocab' \(fields \['apps', 'campaigns'\] use mapping tables\)"),

@@ -7,7 +7,10 @@ wrappers that pull the arrays out of Arrow). Conventions shared by all kernels:
   ``data``), ``data`` (uint8) and a validity bitmap ``valid`` with its bit offset;
   an empty ``valid`` means "no nulls". Rows are ``starts``/``stops`` pairs (see
   ``encode_rows``).
-* ``spec`` is ``(kind, max_len, tail, pad_left, lower, strip)`` as int64s.
+* ``spec`` is ``(kind, max_len, tail, pad_left, lower, strip, replace)`` as int64s;
+  ``replace`` (``on_invalid_utf8: replace``) reads each invalid UTF-8 sequence as
+  U+FFFD, as ``bytes.decode("utf-8", "replace")`` does; without it a row holding
+  invalid UTF-8 stops the kernel and is reported (``bad``).
 * ``lk`` is the exact lookup ``(slots, arena)`` from ``build_table``; ``buckets > 0``
   selects hashing mode and ``lk`` is not read.
 * ``uni`` is ``dscore.kernels.unicode.tables()``.
@@ -63,6 +66,8 @@ FIRST_INDEX = 2
 _SPACE = 1
 _IGNORABLE = 2
 _CASED = 4
+
+_REPLACEMENT = 0xFFFD  # what invalid UTF-8 decodes to with on_invalid_utf8: replace
 
 # ---------------------------------------------------------------- xxHash64
 # The documented token hash (dscore.hash_token): XXH64 with seed 0 over the
@@ -180,29 +185,64 @@ def xxh64(buf, start, length):
 
 @njit(cache=True)
 def _decode(data, p, end):
-    """Code point at ``data[p]`` and its byte length; a truncated sequence is one opaque byte."""
+    """``(code point, byte length, invalid)`` of the character at ``data[p]``.
+
+    Invalid UTF-8 decodes as Python's ``bytes.decode("utf-8", "replace")`` does:
+    U+FFFD for each maximal subpart of an ill-formed sequence (Unicode's Table 3-7:
+    overlong forms, surrogates, code points above U+10FFFF, truncated sequences and
+    lone continuation bytes), with ``invalid`` set. A maximal subpart never swallows
+    an ASCII or lead byte, so splitting on separators before decoding agrees with
+    decoding whole cells.
+    """
     b0 = np.int64(data[p])
     if b0 < 0x80:
-        return b0, 1
-    if b0 >= 0xF0:
-        if p + 4 <= end:
-            cp = (
-                ((b0 & 0x07) << 18)
-                | ((np.int64(data[p + 1]) & 0x3F) << 12)
-                | ((np.int64(data[p + 2]) & 0x3F) << 6)
-                | (np.int64(data[p + 3]) & 0x3F)
-            )
-            if cp < 0x110000:  # beyond Unicode (invalid UTF-8): would index past the tables
-                return cp, 4
-    elif b0 >= 0xE0:
-        if p + 3 <= end:
-            return (
-                ((b0 & 0x0F) << 12) | ((np.int64(data[p + 1]) & 0x3F) << 6) | (np.int64(data[p + 2]) & 0x3F)
-            ), 3
-    elif b0 >= 0xC0:
-        if p + 2 <= end:
-            return ((b0 & 0x1F) << 6) | (np.int64(data[p + 1]) & 0x3F), 2
-    return b0, 1
+        return b0, 1, False
+    if b0 < 0xC2 or b0 > 0xF4:
+        return _REPLACEMENT, 1, True
+    lo = 0x80
+    hi = 0xBF
+    if b0 < 0xE0:
+        need = 1
+        cp = b0 & 0x1F
+    elif b0 < 0xF0:
+        need = 2
+        cp = b0 & 0x0F
+        if b0 == 0xE0:
+            lo = 0xA0  # overlong
+        elif b0 == 0xED:
+            hi = 0x9F  # surrogates
+    else:
+        need = 3
+        cp = b0 & 0x07
+        if b0 == 0xF0:
+            lo = 0x90  # overlong
+        elif b0 == 0xF4:
+            hi = 0x8F  # above U+10FFFF
+    q = p + 1
+    for c in range(need):
+        if q >= end:
+            return _REPLACEMENT, q - p, True
+        b = np.int64(data[q])
+        if b < lo or b > hi:
+            return _REPLACEMENT, q - p, True
+        cp = (cp << 6) | (b & 0x3F)
+        lo = 0x80
+        hi = 0xBF
+        q += 1
+    return cp, q - p, False
+
+
+@njit(cache=True)
+def _decode_before(data, s, p):
+    """``(code point, start, invalid)`` of the character that ends at ``data[p]`` (``p > s``),
+    within a string that starts at ``s``, decoded as ``_decode`` decodes forwards."""
+    k = p - 1
+    while k > s and k > p - 4 and (data[k] & 0xC0) == 0x80:
+        k -= 1
+    cp, n, bad = _decode(data, k, p)
+    if k + n != p:  # bytes after a complete character (or its ill-formed start): one U+FFFD ends there
+        return _REPLACEMENT, p - 1, True
+    return cp, k, bad
 
 
 @njit(cache=True)
@@ -248,7 +288,8 @@ def _strip_ascii(data, s, e):
 
 @njit(cache=True)
 def _strip_unicode(data, s, e, flags):
-    """Narrow ``[s, e)`` to drop leading and trailing ``str.isspace`` characters."""
+    """Narrow ``[s, e)`` to drop leading and trailing ``str.isspace`` characters
+    (invalid UTF-8 reads as U+FFFD, which is not a space)."""
     while s < e:
         b = data[s]
         if b < 0x80:
@@ -256,8 +297,8 @@ def _strip_unicode(data, s, e, flags):
                 break
             s += 1
         else:
-            cp, n = _decode(data, s, e)
-            if not (flags[cp] & _SPACE):
+            cp, n, bad = _decode(data, s, e)
+            if bad or not (flags[cp] & _SPACE):
                 break
             s += n
     while e > s:
@@ -267,11 +308,8 @@ def _strip_unicode(data, s, e, flags):
                 break
             e -= 1
         else:
-            k = e - 1
-            while k > s and (data[k] & 0xC0) == 0x80:
-                k -= 1
-            cp, n = _decode(data, k, e)
-            if k + n != e or not (flags[cp] & _SPACE):
+            cp, k, bad = _decode_before(data, s, e)
+            if bad or not (flags[cp] & _SPACE):
                 break
             e = k
     return s, e
@@ -283,10 +321,7 @@ def _final_sigma(data, s, e, p, n, flags):
     j = p
     cased_before = False
     while j > s:
-        k = j - 1
-        while k > s and (data[k] & 0xC0) == 0x80:
-            k -= 1
-        cp, _ = _decode(data, k, e)
+        cp, k, _ = _decode_before(data, s, j)
         f = flags[cp]
         if f & _IGNORABLE:
             j = k
@@ -297,7 +332,7 @@ def _final_sigma(data, s, e, p, n, flags):
         return False
     j = p + n
     while j < e:
-        cp, m = _decode(data, j, e)
+        cp, m, _ = _decode(data, j, e)
         f = flags[cp]
         if f & _IGNORABLE:
             j += m
@@ -306,50 +341,85 @@ def _final_sigma(data, s, e, p, n, flags):
     return True
 
 
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+
+
+@njit(cache=True, inline="always")
+def _write64(b, p, w):
+    q = _u(p)
+    for c in range(8):
+        b[q + _u(c)] = np.uint8((w >> np.uint64(8 * c)) & np.uint64(0xFF))
+
+
+@njit(cache=True, inline="always")
+def _lower_word(w):
+    """Eight bytes with every ASCII 'A'-'Z' lowered; other bytes (non-ASCII too) unchanged.
+
+    Per byte on its low seven bits, so no carry crosses bytes: +0x3F sets the high
+    bit from 'A' up, +0x25 from 'Z' + 1 up.
+    """
+    h = w & _LOW7
+    upper = (h + np.uint64(0x3F3F3F3F3F3F3F3F)) & ~(h + np.uint64(0x2525252525252525)) & ~w & _HIGHS
+    return w | (upper >> np.uint64(2))
+
+
 @njit(cache=True, inline="always")
 def _copy_key(data, s, e, lower, out, o):
     """Copy ``data[s:e]`` to ``out[o:]``, ASCII-lowercased if ``lower``.
 
     Returns True when a non-ASCII byte was seen: the key must then be redone by
-    ``_lower_unicode``. A branch-free counted loop, so LLVM vectorizes it.
+    ``_key_unicode``. Eight bytes at a time, the last word overlapping the one
+    before it, so a token of 8+ bytes costs no byte loop (measured: the byte loop,
+    though vectorized, cost 2x on 20-byte tokens: too short for its vector body).
     """
-    seen = np.uint8(0)
+    n = e - s
+    seen = np.uint64(0)
+    if n >= 8:
+        c = 0
+        while c + 8 < n:
+            w = _read64(data, s + c)
+            seen |= w
+            _write64(out, o + c, _lower_word(w) if lower else w)
+            c += 8
+        w = _read64(data, e - 8)
+        seen |= w
+        _write64(out, o + n - 8, _lower_word(w) if lower else w)
+        return (seen & _HIGHS) != 0
     shift = _u(o) - _u(s)
-    if lower:
-        for p in range(_u(s), _u(e)):
-            b = data[p]
-            seen |= b
-            out[shift + p] = b + np.uint8(32) if np.uint8(b - 65) < 26 else b
-    else:
-        for p in range(_u(s), _u(e)):
-            b = data[p]
-            seen |= b
-            out[shift + p] = b
+    for p in range(_u(s), _u(e)):
+        b = data[p]
+        seen |= np.uint64(b)
+        out[shift + p] = b + np.uint8(32) if lower and np.uint8(b - 65) < 26 else b
     return seen >= 0x80
 
 
 @njit(cache=True)
-def _lower_unicode(data, s, e, uni, out, o):
-    """Key of a token with non-ASCII bytes into ``out[o:]``: Python's ``str.lower`` via
-    the Unicode tables. Returns its length, at most ``1.5 * (e - s)``.
+def _key_unicode(data, s, e, uni, lower, out, o):
+    """Key of a token with non-ASCII bytes into ``out[o:]``: its characters, each
+    invalid sequence as U+FFFD, lowercased as Python's ``str.lower`` (through the
+    Unicode tables) if ``lower``.
+
+    Returns ``(length, invalid)``; the length is at most ``3 * (e - s)`` (a lone
+    invalid byte becomes U+FFFD's three bytes; lowercasing grows UTF-8 <= 1.5x).
     """
     low, exp_offsets, expansions, flags = uni
     q = o
     p = s
+    invalid = False
     while p < e:
         b = data[p]
         if b < 0x80:
-            out[q] = b + 32 if 65 <= b <= 90 else b
+            out[q] = b + 32 if lower and 65 <= b <= 90 else b
             q += 1
             p += 1
             continue
-        cp, n = _decode(data, p, e)
-        if n == 1:  # a stray byte of invalid UTF-8: kept as it is
-            out[q] = b
-            q += 1
-            p += 1
-            continue
-        if cp == 0x3A3:
+        cp, n, bad = _decode(data, p, e)
+        invalid |= bad
+        if not lower:
+            lc = cp
+        elif cp == 0x3A3:
             lc = 0x3C2 if _final_sigma(data, s, e, p, n, flags) else 0x3C3
         else:
             lc = low[cp]
@@ -360,7 +430,30 @@ def _lower_unicode(data, s, e, uni, out, o):
             for j in range(exp_offsets[k], exp_offsets[k + 1]):
                 q = _put(out, q, expansions[j])
         p += n
-    return q - o
+    return q - o, invalid
+
+
+@njit(cache=True)
+def _utf8_invalid(data, s, e):
+    """True when ``data[s:e]`` is not valid UTF-8."""
+    p = s
+    while p < e:
+        if data[p] < 0x80:
+            p += 1
+            continue
+        _, n, bad = _decode(data, p, e)
+        if bad:
+            return True
+        p += n
+    return False
+
+
+@njit(cache=True, inline="always")
+def _is_ascii(data, s, e):
+    seen = np.uint8(0)
+    for p in range(_u(s), _u(e)):
+        seen |= data[p]
+    return seen < 0x80
 
 
 # ---------------------------------------------------------------- exact lookup table
@@ -384,15 +477,19 @@ def _find_slot(key, koff, n, h, slots, arena):
             length = np.int64(_read32(arena, a))
             if length == n:
                 same = True
-                c = 0
-                while c + 8 <= n:
-                    if _read64(arena, a + 4 + c) != _read64(key, koff + c):
-                        same = False
-                        break
-                    c += 8
-                while same and c < n:
-                    same = arena[_u(a + 4 + c)] == key[_u(koff + c)]
-                    c += 1
+                if n >= 8:  # by words, the last one overlapping the one before it
+                    c = 0
+                    while c + 8 < n:
+                        if _read64(arena, a + 4 + c) != _read64(key, koff + c):
+                            same = False
+                            break
+                        c += 8
+                    same = same and _read64(arena, a + 4 + n - 8) == _read64(key, koff + n - 8)
+                else:
+                    for c in range(n):
+                        if arena[_u(a + 4 + c)] != key[_u(koff + c)]:
+                            same = False
+                            break
                 if same:
                     break
         j = (j + np.uint64(1)) & mask
@@ -442,7 +539,17 @@ def _valid(valid, valid_off, i):
 
 @njit(cache=True, inline="always")
 def _find_byte(data, p, e, c):
-    """First position of byte ``c`` in ``data[p:e]``, or ``e``."""
+    """First position of byte ``c`` in ``data[p:e]``, or ``e``.
+
+    Eight bytes at a time: a word's bytes equal to ``c`` become zero bytes, and
+    ``(x - 0x01..) & ~x & 0x80..`` is non-zero exactly when one is.
+    """
+    pattern = np.uint64(c) * _ONES
+    while p + 8 <= e:
+        x = _read64(data, p) ^ pattern
+        if ((x - _ONES) & ~x & _HIGHS) != 0:
+            break
+        p += 8
     while p < e:
         if data[_u(p)] == c:
             return p
@@ -483,14 +590,14 @@ def _next_sep(data, p, e, kind, sep, c):
 
 @njit(cache=True)
 def _scratch_size(starts, stops, offsets, kind):
-    """Bytes that the keys of a row's tokens can need (lowercasing grows UTF-8 <= 1.5x)."""
+    """Bytes that the keys of a row's tokens can need (``_key_unicode``: at most 3 per input byte)."""
     longest = 0
     for i in range(starts.shape[0]):
         if kind == LIST:
             longest = max(longest, offsets[stops[i]] - offsets[starts[i]] if stops[i] > starts[i] else 0)
         else:
             longest = max(longest, stops[i] - starts[i])
-    return 2 * longest + 8
+    return 3 * longest + 8
 
 
 @njit(cache=True)
@@ -540,14 +647,15 @@ def _make_encode_rows(kind):
     def encode_rows(
         starts, stops, row_valid, row_valid_off,
         offsets, data, valid, valid_off,
-        spec, sep, buckets, lk, uni, out, row_tokens, counts,
+        spec, sep, buckets, lk, uni, out, row_tokens, counts, bad,
     ):  # fmt: skip
         """Encode rows of tokens into ``out`` (rows, max_len); every cell is written.
 
         ``row_tokens``, when non-empty, receives each row's token count (used to gather
-        per-row statistics for dictionary-encoded columns).
+        per-row statistics for dictionary-encoded columns). Without ``replace``, the
+        first row holding invalid UTF-8 goes to ``bad[0]`` and the kernel stops there.
         """
-        _, max_len, tail, pad_left, lower, strip = spec
+        _, max_len, tail, pad_left, lower, strip, replace = spec
         slots, arena = lk
         flags = uni[3]
         mask = np.uint64(slots.shape[0] - 1)
@@ -598,10 +706,17 @@ def _make_encode_rows(kind):
                         continue
                     t += 1
                     if t <= skip or k >= max_len:
+                        # a dropped token must be valid UTF-8 too (as Arrow's validation demands)
+                        if not replace and not _is_ascii(data, s, e) and _utf8_invalid(data, s, e):
+                            bad[0] = i
+                            return
                         continue
                     m = e - s
-                    if _copy_key(data, s, e, lower, keys, o) and lower:
-                        m = _lower_unicode(data, s, e, uni, keys, o)
+                    if _copy_key(data, s, e, lower, keys, o):
+                        m, invalid = _key_unicode(data, s, e, uni, lower, keys, o)
+                        if invalid and not replace:
+                            bad[0] = i
+                            return
                     key_start[_u(k)] = o
                     key_len[_u(k)] = m
                     h = _xxh64(keys, o, m)
@@ -618,6 +733,12 @@ def _make_encode_rows(kind):
                     for c in range(_u(k)):
                         out[row, c] = FIRST_INDEX + np.int64(hashes[c] % np.uint64(buckets))
                 else:
+                    # The home slots are in cache by now: start loading the tokens they
+                    # point at, so that the compares below wait on fewer arena misses.
+                    for c in range(_u(k)):
+                        j = hashes[c] & mask
+                        if slots[j, 0] == hashes[c]:
+                            _prefetch(arena, np.int64(slots[j, 1] & np.uint64(0xFFFFFFFF)))
                     for c in range(_u(k)):
                         w = slots[_find_slot(keys, key_start[c], key_len[c], hashes[c], slots, arena), 1]
                         if w != 0:
@@ -683,9 +804,11 @@ def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
 def tokenize_rows(starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off, spec, sep, uni):
     """Every key of every row (no truncation), with its row; see ``encode_rows``.
 
-    Returns ``(tok_offsets, tok_bytes, tok_rows, ntok)``; arrays are over-allocated.
+    Returns ``(tok_offsets, tok_bytes, tok_rows, ntok, bad)``; arrays are
+    over-allocated; ``bad`` is the first row holding invalid UTF-8 (then the keys
+    stop there) or -1 (always -1 with ``replace``).
     """
-    kind, max_len, tail, pad_left, lower, strip = spec
+    kind, max_len, tail, pad_left, lower, strip, replace = spec
     flags = uni[3]
     n = starts.shape[0]
     scratch = np.empty(_scratch_size(starts, stops, offsets, kind), dtype=np.uint8)
@@ -731,8 +854,10 @@ def tokenize_rows(starts, stops, row_valid, row_valid_off, offsets, data, valid,
             if s >= e:
                 continue
             m = e - s
-            if _copy_key(data, s, e, lower, scratch, 0) and lower:
-                m = _lower_unicode(data, s, e, uni, scratch, 0)
+            if _copy_key(data, s, e, lower, scratch, 0):
+                m, invalid = _key_unicode(data, s, e, uni, lower, scratch, 0)
+                if invalid and not replace:
+                    return tok_offsets, tok_bytes, tok_rows, ntok, i
             if ntok >= tok_rows.shape[0]:  # grow: capacity is len(tok_rows) == len(tok_offsets) - 1
                 grown = np.empty(2 * tok_rows.shape[0] + 1, dtype=np.int64)
                 grown[: ntok + 1] = tok_offsets[: ntok + 1]
@@ -749,4 +874,4 @@ def tokenize_rows(starts, stops, row_valid, row_valid_off, offsets, data, valid,
             tok_offsets[ntok + 1] = pos + m
             tok_rows[ntok] = i
             ntok += 1
-    return tok_offsets, tok_bytes, tok_rows, ntok
+    return tok_offsets, tok_bytes, tok_rows, ntok, -1

@@ -16,10 +16,8 @@ all deliberate:
   prefetch slots, and a GPU hides that latency with other warps.
 * Counts are summed per thread and added with one atomic per counter per thread.
 * No unsigned-index or prefetch tricks: those are CPU codegen workarounds.
-* ``_decode`` rejects a 4-byte sequence that decodes above U+10FFFF (invalid
-  UTF-8, e.g. lead bytes 0xF5-0xF7) as one opaque byte; ``cpu._decode`` returns
-  it, and the tables are then indexed out of bounds (undefined on the CPU, a
-  fault that kills the CUDA context on the GPU). Valid UTF-8 never gets there.
+* A row with invalid UTF-8 (without ``replace``) is reported by lowering
+  ``counts[4]`` atomically to its index (the CPU kernel stops at the first).
 
 The host wrappers ``encode_rows_cuda`` and ``gather_rows_cuda`` take the CPU
 kernels' numpy arguments and return the int32 ``(rows, max_len)`` result as a
@@ -51,6 +49,7 @@ from .cpu import (
     _P3,
     _P4,
     _P5,
+    _REPLACEMENT,
     _SPACE,
     _ZERO,
     DELIMITED,
@@ -171,29 +170,64 @@ def _xxh64(buf, start, length):
 # ---------------------------------------------------------------- UTF-8 and normalization
 @cuda.jit(device=True)
 def _decode(data, p, end):
-    """Code point at ``data[p]`` and its byte length; a truncated sequence is one opaque byte."""
+    """``(code point, byte length, invalid)`` of the character at ``data[p]``.
+
+    Invalid UTF-8 decodes as Python's ``bytes.decode("utf-8", "replace")`` does:
+    U+FFFD for each maximal subpart of an ill-formed sequence (Unicode's Table 3-7:
+    overlong forms, surrogates, code points above U+10FFFF, truncated sequences and
+    lone continuation bytes), with ``invalid`` set. A maximal subpart never swallows
+    an ASCII or lead byte, so splitting on separators before decoding agrees with
+    decoding whole cells.
+    """
     b0 = np.int64(data[p])
     if b0 < 0x80:
-        return b0, 1
-    if b0 >= 0xF0:
-        if p + 4 <= end:
-            cp = (
-                ((b0 & 0x07) << 18)
-                | ((np.int64(data[p + 1]) & 0x3F) << 12)
-                | ((np.int64(data[p + 2]) & 0x3F) << 6)
-                | (np.int64(data[p + 3]) & 0x3F)
-            )
-            if cp <= 0x10FFFF:  # see the module docstring: cpu._decode lacks this guard
-                return cp, 4
-    elif b0 >= 0xE0:
-        if p + 3 <= end:
-            return (
-                ((b0 & 0x0F) << 12) | ((np.int64(data[p + 1]) & 0x3F) << 6) | (np.int64(data[p + 2]) & 0x3F)
-            ), 3
-    elif b0 >= 0xC0:
-        if p + 2 <= end:
-            return ((b0 & 0x1F) << 6) | (np.int64(data[p + 1]) & 0x3F), 2
-    return b0, 1
+        return b0, 1, False
+    if b0 < 0xC2 or b0 > 0xF4:
+        return _REPLACEMENT, 1, True
+    lo = 0x80
+    hi = 0xBF
+    if b0 < 0xE0:
+        need = 1
+        cp = b0 & 0x1F
+    elif b0 < 0xF0:
+        need = 2
+        cp = b0 & 0x0F
+        if b0 == 0xE0:
+            lo = 0xA0  # overlong
+        elif b0 == 0xED:
+            hi = 0x9F  # surrogates
+    else:
+        need = 3
+        cp = b0 & 0x07
+        if b0 == 0xF0:
+            lo = 0x90  # overlong
+        elif b0 == 0xF4:
+            hi = 0x8F  # above U+10FFFF
+    q = p + 1
+    for c in range(need):
+        if q >= end:
+            return _REPLACEMENT, q - p, True
+        b = np.int64(data[q])
+        if b < lo or b > hi:
+            return _REPLACEMENT, q - p, True
+        cp = (cp << 6) | (b & 0x3F)
+        lo = 0x80
+        hi = 0xBF
+        q += 1
+    return cp, q - p, False
+
+
+@cuda.jit(device=True)
+def _decode_before(data, s, p):
+    """``(code point, start, invalid)`` of the character that ends at ``data[p]`` (``p > s``),
+    within a string that starts at ``s``, decoded as ``_decode`` decodes forwards."""
+    k = p - 1
+    while k > s and k > p - 4 and (data[k] & 0xC0) == 0x80:
+        k -= 1
+    cp, n, bad = _decode(data, k, p)
+    if k + n != p:  # bytes after a complete character (or its ill-formed start): one U+FFFD ends there
+        return _REPLACEMENT, p - 1, True
+    return cp, k, bad
 
 
 @cuda.jit(device=True)
@@ -234,7 +268,8 @@ def _strip_ascii(data, s, e):
 
 @cuda.jit(device=True)
 def _strip_unicode(data, s, e, flags):
-    """Narrow ``[s, e)`` to drop leading and trailing ``str.isspace`` characters."""
+    """Narrow ``[s, e)`` to drop leading and trailing ``str.isspace`` characters
+    (invalid UTF-8 reads as U+FFFD, which is not a space)."""
     while s < e:
         b = data[s]
         if b < 0x80:
@@ -242,8 +277,8 @@ def _strip_unicode(data, s, e, flags):
                 break
             s += 1
         else:
-            cp, n = _decode(data, s, e)
-            if not (flags[cp] & _SPACE):
+            cp, n, bad = _decode(data, s, e)
+            if bad or not (flags[cp] & _SPACE):
                 break
             s += n
     while e > s:
@@ -253,11 +288,8 @@ def _strip_unicode(data, s, e, flags):
                 break
             e -= 1
         else:
-            k = e - 1
-            while k > s and (data[k] & 0xC0) == 0x80:
-                k -= 1
-            cp, n = _decode(data, k, e)
-            if k + n != e or not (flags[cp] & _SPACE):
+            cp, k, bad = _decode_before(data, s, e)
+            if bad or not (flags[cp] & _SPACE):
                 break
             e = k
     return s, e
@@ -269,10 +301,7 @@ def _final_sigma(data, s, e, p, n, flags):
     j = p
     cased_before = False
     while j > s:
-        k = j - 1
-        while k > s and (data[k] & 0xC0) == 0x80:
-            k -= 1
-        cp, _ = _decode(data, k, e)
+        cp, k, _ = _decode_before(data, s, j)
         f = flags[cp]
         if f & _IGNORABLE:
             j = k
@@ -283,7 +312,7 @@ def _final_sigma(data, s, e, p, n, flags):
         return False
     j = p + n
     while j < e:
-        cp, m = _decode(data, j, e)
+        cp, m, _ = _decode(data, j, e)
         f = flags[cp]
         if f & _IGNORABLE:
             j += m
@@ -297,7 +326,7 @@ def _copy_key(data, s, e, lower, out, o):
     """Copy ``data[s:e]`` to ``out[o:]``, ASCII-lowercased if ``lower``.
 
     Returns True when a non-ASCII byte was seen: the key must then be redone by
-    ``_lower_unicode``.
+    ``_key_unicode``.
     """
     seen = 0
     for p in range(s, e):
@@ -310,26 +339,29 @@ def _copy_key(data, s, e, lower, out, o):
 
 
 @cuda.jit(device=True)
-def _lower_unicode(data, s, e, low, exp_offsets, expansions, flags, out, o):
-    """Key of a token with non-ASCII bytes into ``out[o:]``: Python's ``str.lower`` via
-    the Unicode tables. Returns its length, at most ``1.5 * (e - s)``.
+def _key_unicode(data, s, e, low, exp_offsets, expansions, flags, lower, out, o):
+    """Key of a token with non-ASCII bytes into ``out[o:]``: its characters, each
+    invalid sequence as U+FFFD, lowercased as Python's ``str.lower`` (through the
+    Unicode tables) if ``lower``.
+
+    Returns ``(length, invalid)``; the length is at most ``3 * (e - s)`` (a lone
+    invalid byte becomes U+FFFD's three bytes; lowercasing grows UTF-8 <= 1.5x).
     """
     q = o
     p = s
+    invalid = False
     while p < e:
         b = data[p]
         if b < 0x80:
-            out[q] = b + 32 if 65 <= b <= 90 else b
+            out[q] = b + 32 if lower and 65 <= b <= 90 else b
             q += 1
             p += 1
             continue
-        cp, n = _decode(data, p, e)
-        if n == 1:  # a stray byte of invalid UTF-8: kept as it is
-            out[q] = b
-            q += 1
-            p += 1
-            continue
-        if cp == 0x3A3:
+        cp, n, bad = _decode(data, p, e)
+        invalid |= bad
+        if not lower:
+            lc = cp
+        elif cp == 0x3A3:
             lc = 0x3C2 if _final_sigma(data, s, e, p, n, flags) else 0x3C3
         else:
             lc = low[cp]
@@ -340,7 +372,30 @@ def _lower_unicode(data, s, e, low, exp_offsets, expansions, flags, out, o):
             for j in range(exp_offsets[k], exp_offsets[k + 1]):
                 q = _put(out, q, expansions[j])
         p += n
-    return q - o
+    return q - o, invalid
+
+
+@cuda.jit(device=True)
+def _utf8_invalid(data, s, e):
+    """True when ``data[s:e]`` is not valid UTF-8."""
+    p = s
+    while p < e:
+        if data[p] < 0x80:
+            p += 1
+            continue
+        _, n, bad = _decode(data, p, e)
+        if bad:
+            return True
+        p += n
+    return False
+
+
+@cuda.jit(device=True)
+def _is_ascii(data, s, e):
+    seen = 0
+    for p in range(s, e):
+        seen |= data[p]
+    return seen < 0x80
 
 
 # ---------------------------------------------------------------- exact lookup table
@@ -464,7 +519,7 @@ def _make_encode_rows(kind):
     def encode_rows(
         starts, stops, row_valid, row_valid_off,
         offsets, data, valid, valid_off,
-        max_len, tail, pad_left, lower, strip, sep, buckets,
+        max_len, tail, pad_left, lower, strip, replace, sep, buckets,
         slots, arena, low, exp_offsets, expansions, flags,
         keys, key_off, out, row_tokens, counts,
     ):  # fmt: skip
@@ -472,7 +527,9 @@ def _make_encode_rows(kind):
 
         The arguments are cpu.encode_rows's with the tuples unpacked (``spec`` minus
         its kind, ``lk``, ``uni``), plus the scratch ``keys`` where row ``i`` owns
-        ``keys[key_off[i]:key_off[i + 1]]``. ``counts`` is added to atomically.
+        ``keys[key_off[i]:key_off[i + 1]]``. ``counts`` is added to atomically;
+        ``counts[4]`` is lowered to the first row holding invalid UTF-8 (without
+        ``replace``), whose thread then stops encoding it.
         """
         nsep = sep.shape[0]
         c0 = sep[0]
@@ -520,10 +577,17 @@ def _make_encode_rows(kind):
                         continue
                     t += 1
                     if t <= skip or k >= max_len:
+                        # a dropped token must be valid UTF-8 too (as Arrow's validation demands)
+                        if not replace and not _is_ascii(data, s, e) and _utf8_invalid(data, s, e):
+                            cuda.atomic.min(counts, 4, i)
+                            break
                         continue
                     m = e - s
-                    if _copy_key(data, s, e, lower, keys, o) and lower:
-                        m = _lower_unicode(data, s, e, low, exp_offsets, expansions, flags, keys, o)
+                    if _copy_key(data, s, e, lower, keys, o):
+                        m, invalid = _key_unicode(data, s, e, low, exp_offsets, expansions, flags, lower, keys, o)
+                        if invalid and not replace:
+                            cuda.atomic.min(counts, 4, i)
+                            break
                     h = _xxh64(keys, o, m)
                     if buckets > 0:
                         out[i, k] = FIRST_INDEX + np.int64(h % np.uint64(buckets))
@@ -671,12 +735,12 @@ class _Workspace:
         self.staging = None  # pinned host bytes: the inputs, packed
         self.inputs = None  # device bytes: the same, after one copy
         self.scratch = None  # device bytes: the encode kernel's keys
-        self.counts = None  # pinned host int64[4]
+        self.counts = None  # pinned host int64[5]
 
     def setup(self):
         if self.stream is None:
             self.stream = cuda.stream()
-            self.counts = cuda.pinned_array(4, np.int64)
+            self.counts = cuda.pinned_array(5, np.int64)
 
     def upload(self, arrays):
         """Device views of the 1-D host ``arrays``, packed and copied in one transfer."""
@@ -700,9 +764,10 @@ class _Workspace:
         return self.scratch
 
     def finish(self, counts):
-        counts.copy_to_host(self.counts, stream=self.stream)
+        host = self.counts[: counts.shape[0]]
+        counts.copy_to_host(host, stream=self.stream)
         self.stream.synchronize()
-        return self.counts.copy()
+        return host.copy()
 
 
 # One workspace per host thread, in a plain dict rather than a threading.local, so
@@ -735,8 +800,8 @@ def _output(out, shape, ws):
 
 
 def _key_offsets(kind, starts, stops, offsets):
-    """Row ``i``'s keys fit in ``[key_off[i], key_off[i + 1])``: twice its bytes plus 8, as
-    ``cpu._scratch_size`` allows for its longest row (lowercasing grows UTF-8 <= 1.5x)."""
+    """Row ``i``'s keys fit in ``[key_off[i], key_off[i + 1])``: three times its bytes plus 8,
+    as ``cpu._scratch_size`` allows for its longest row (``_key_unicode``'s bound)."""
     starts = starts.astype(np.int64)
     stops = stops.astype(np.int64)
     if kind == LIST:  # the row's child strings; indices of empty rows may point anywhere
@@ -746,14 +811,14 @@ def _key_offsets(kind, starts, stops, offsets):
     else:
         nbytes = np.maximum(stops - starts, 0)
     key_off = np.zeros(starts.shape[0] + 1, dtype=np.int64)
-    np.cumsum(2 * nbytes + 8, out=key_off[1:])
+    np.cumsum(3 * nbytes + 8, out=key_off[1:])
     return key_off
 
 
 def encode_rows_cuda(
     starts, stops, row_valid, row_valid_off,
     offsets, data, valid, valid_off,
-    spec, sep, buckets, lk, uni, *, out=None, row_tokens=None,
+    spec, sep, buckets, lk, uni, *, out=None, row_tokens=None, bad=None,
 ):  # fmt: skip
     """``cpu.ENCODE_ROWS[spec[0]]`` on the GPU.
 
@@ -768,6 +833,9 @@ def encode_rows_cuda(
     row_tokens : numba device array, optional
         int64 ``(rows,)`` that receives each row's token count, as ``gather_rows_cuda``
         needs for a dictionary's entries.
+    bad : numpy array, optional
+        int64 ``(1,)``: receives the first row holding invalid UTF-8 (the CPU kernel's
+        ``bad``) when ``spec`` does not replace it; left as it is otherwise.
 
     Returns
     -------
@@ -781,14 +849,14 @@ def encode_rows_cuda(
         No CUDA device is usable.
     """
     ws = _workspace()
-    kind, max_len, tail, pad_left, lower, strip = (int(x) for x in spec)
+    kind, max_len, tail, pad_left, lower, strip, replace = (int(x) for x in spec)
     n = starts.shape[0]
     out = _output(out, (n, max_len), ws)
     key_off = _key_offsets(kind, starts, stops, offsets)
     end = int(offsets[-1]) if offsets.shape[0] else 0
     # data may be a whole shared buffer of which offsets use a prefix (sliced arrays)
     d_starts, d_stops, d_row_valid, d_offsets, d_data, d_valid, d_sep, d_key_off, d_counts = ws.upload(
-        [starts, stops, row_valid, offsets, data[:end], valid, sep, key_off, np.zeros(4, np.int64)]
+        [starts, stops, row_valid, offsets, data[:end], valid, sep, key_off, np.array([0, 0, 0, 0, n], np.int64)]
     )
     slots, arena = device_tables(lk)
     low, exp_offsets, expansions, flags = device_tables(uni)
@@ -796,12 +864,15 @@ def encode_rows_cuda(
         row_tokens = cuda.device_array(0, np.int64)  # empty: no allocation
     args = (
         d_starts, d_stops, d_row_valid, int(row_valid_off), d_offsets, d_data, d_valid, int(valid_off),
-        max_len, tail, pad_left, lower, strip, d_sep, int(buckets),
+        max_len, tail, pad_left, lower, strip, replace, d_sep, int(buckets),
         slots, arena, low, exp_offsets, expansions, flags,
         ws.keys(int(key_off[-1])), d_key_off, out, row_tokens, d_counts,
     )  # fmt: skip
     _launch(ENCODE_ROWS[kind], n, ws, *args)
-    return out, ws.finish(d_counts)
+    counts = ws.finish(d_counts)
+    if bad is not None and counts[4] < n:
+        bad[0] = counts[4]
+    return out, counts[:4]
 
 
 def gather_rows_cuda(codes, valid, valid_off, dict_out, dict_tokens, *, out=None):

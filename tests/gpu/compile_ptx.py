@@ -38,7 +38,7 @@ def main() -> int:
     for kind, rows, offsets in variants:
         sig = (
             arr(rows), arr(rows), arr(u8), i64, arr(offsets), arr(u8), arr(u8), i64,
-            i64, i64, i64, i64, i64, arr(u8), i64,
+            i64, i64, i64, i64, i64, i64, arr(u8), i64,
             arr(T.uint64, 2), arr(u8), arr(i32), arr(i32), arr(i32), arr(u8),
             arr(u8), arr(i64), arr(i32, 2), arr(i64), arr(i64),
         )  # fmt: skip

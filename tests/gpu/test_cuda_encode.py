@@ -8,6 +8,8 @@ that rows fall on block edges and threads loop over several rows.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -30,7 +32,16 @@ from dscore.kernels import cuda as kc
 from dscore.kernels.unicode import tables
 
 from .. import naive
-from ..test_encode import WHITESPACE, arrow_column, as_vocab, draw_case, fields, vocabulary_for
+from ..test_encode import (
+    WHITESPACE,
+    arrow_column,
+    as_vocab,
+    check_bytes_case,
+    draw_bytes_case,
+    draw_case,
+    fields,
+    vocabulary_for,
+)
 
 pytestmark = [
     pytest.mark.skipif(not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"),
@@ -157,11 +168,27 @@ def test_empty_input_and_bad_output():
         )  # fmt: skip
 
 
-def test_invalid_utf8_beyond_unicode_is_opaque_bytes():
-    """A 4-byte sequence above U+10FFFF (invalid UTF-8, which Arrow may still hold) is
-    kept byte for byte, where cpu._decode would index the Unicode tables out of bounds."""
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), field=fields(), replace=st.booleans())
+@example(data=None, field=Field("f", kind="delimited", max_len=2, truncate="tail", buckets=97), replace=True).via(
+    "pinned: every class of invalid UTF-8"
+)
+@example(data=None, field=Field("f", kind="list", max_len=1), replace=False).via(
+    "pinned: invalid UTF-8 only in a list element that truncation drops still fails"
+)
+def test_invalid_utf8_follows_python(data, field, replace):
+    """The CUDA kernels follow test_encode's rule for invalid UTF-8 (through
+    ``encode_table(device="cuda")``, so the first bad row comes from the device)."""
+    values, layout, cut = draw_bytes_case(data, field)
+    field = dataclasses.replace(field, on_invalid_utf8="replace" if replace else "fail")
+    check_bytes_case(values, field, layout, cut, device="cuda")
+
+
+def test_invalid_utf8_beyond_unicode_reads_as_replacement_characters():
+    """A 4-byte sequence above U+10FFFF is four maximal invalid subparts, as in Python
+    (where a lax decoder would index the Unicode tables out of bounds)."""
     raw = b"\xf5\x80\x80\x80A"
     arr = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, 5], np.int32)), pa.py_buffer(raw)])
-    field = Field("f", kind="scalar", buckets=1000)
+    field = Field("f", kind="scalar", buckets=1000, on_invalid_utf8="replace")
     out, _ = kc.encode_rows_cuda(*_cell_rows(arr), _spec(field), _sep(field), 1000, _EMPTY_LOOKUP, tables())
-    assert out.copy_to_host().tolist() == [[2 + naive.xxh64(b"\xf5\x80\x80\x80a") % 1000]]
+    assert out.copy_to_host().tolist() == [[2 + naive.xxh64(raw.decode("utf-8", "replace").lower().encode()) % 1000]]
