@@ -235,6 +235,7 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     from .model import Model, set_threads
     from .spec import JobSpec
     from .vocab import Vocabulary
+    from .worker import malloc_tuned
 
     set_threads(torch_threads)
     variants = variants if variants is not None else _variants(job)
@@ -242,7 +243,7 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     arrays = encode(_first_rows(spec, rows), spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
     models = {v: JobSpec.load(job, keys).model for v, keys in variants.items()}
     references: dict = {}
-    here = {"pid": os.getpid(), "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    here = {"pid": os.getpid(), "malloc_tuned": malloc_tuned()}
     out = []
     for variant, mode, batch in plan:
         ref = _reference(variant)
@@ -623,7 +624,7 @@ def models(workdir: str, rows: int, layout: Layout, seconds: float = 1.0) -> dic
 
 def format_models(res: dict) -> str:
     cores = Layout.parse(res["layout"]).cores
-    malloc = next((m["in_workers"]["malloc_env"] for m in res["models"]), {})
+    tuned = next((m["in_workers"]["malloc_tuned"] for m in res["models"]), False)
     lines = [
         f"machine: {res['machine']}",
         f"rows: {res['rows']:,} in {res['files']} files; layout (workers x threads x torch threads): "
@@ -631,7 +632,7 @@ def format_models(res: dict) -> str:
         f"read-only ceiling {res['read_only']['rows_per_s']:,.0f} rows/s, encode-only ceiling "
         f"{res['encode_only']['rows_per_s']:,.0f} rows/s",
         f"model alone: {MODEL_ONLY_ROWS:,} pre-encoded rows per thread, at the batch and mode fastest in one plain "
-        f"process; workers' MALLOC_ environment: {' '.join(f'{k}={v}' for k, v in malloc.items()) or 'none'}",
+        f"process; dscore's malloc thresholds in the workers: {'set' if tuned else 'NOT set'}",
         "serial ceiling: 1/(1/read + 1/encode + 1/model in the workers)",
         f"{'':<44}{'model alone, rows/s per core':>28}{'':<12}{'end to end, rows/s':>28}",
         f"{'model, form':<26}{'fastest':<18}{'process':>10}{'workers':>10}{'w / p':>8}{'max |diff|':>12}"

@@ -203,13 +203,23 @@ def _libc():
         return None
 
 
+_MALLOC_TUNED = False
+
+
 def tune_malloc() -> bool:
     """Give this process glibc's default-like malloc thresholds; False where not glibc."""
+    global _MALLOC_TUNED
     libc = _libc()
     if libc is None:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
-    return libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
+    _MALLOC_TUNED = libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
+    return _MALLOC_TUNED
+
+
+def malloc_tuned() -> bool:
+    """Whether ``tune_malloc`` has set this process's thresholds."""
+    return _MALLOC_TUNED
 
 
 def peak_rss() -> int:

@@ -34,10 +34,21 @@ def wide_table(rows, seed, first_id, apps):
     return t.set_column(t.schema.get_field_index("apps"), "apps", wide)
 
 
-def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
-    """Input that decodes to >= 4x the worker's memory limit; peak RSS stays under the limit."""
+def run_in_one_worker(job, limit):
+    """``dscore.run`` on one single-threaded worker limited to ``limit`` bytes, which the
+    nanny must never have restarted; the report and the worker's peak RSS."""
     from distributed import Client, LocalCluster
 
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=":0") as lc, Client(lc) as c:
+        pid = list(c.run(os.getpid).values())[0]
+        report = dscore.run(job, client=c, progress=False)
+        peak = list(c.run(peak_rss).values())[0]
+        assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
+    return report, peak
+
+
+def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
+    """Input that decodes to >= 4x the worker's memory limit; peak RSS stays under the limit."""
     apps = package_names(5000)
     block = wide_table(25_000, 1, 0, apps)
     files, decoded = 0, 0
@@ -48,11 +59,7 @@ def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
         decoded += block.nbytes
     rows = files * 25_000
     job = {**demo["job"], "input": str(tmp_path / "w*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 12_500}
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=LIMIT, dashboard_address=":0") as lc, Client(lc) as c:
-        pid = list(c.run(os.getpid).values())[0]
-        report = dscore.run(job, client=c, progress=False)
-        peak = list(c.run(peak_rss).values())[0]
-        assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
+    report, peak = run_in_one_worker(job, LIMIT)
     print(f"\nout of core: {decoded / 2**30:.2f} GiB decoded input ({decoded / LIMIT:.1f}x the limit), {rows:,} rows, "
           f"worker peak RSS {peak / 2**20:.0f} MiB of a {LIMIT / 2**20:.0f} MiB limit, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
     assert report.status == "complete" and report.rows == rows
@@ -80,8 +87,6 @@ def test_row_group_larger_than_the_worker_memory_is_streamed(demo, tmp_path):
     """One 1.5M-row row group decoding to more than the worker's 1 GB limit: a piece
     cannot be smaller than a row group, so it is read, scored and written in slices;
     the worker is never restarted and every row is scored once."""
-    from distributed import Client, LocalCluster
-
     limit, rows = 1_000_000_000, 1_500_000
     block = make_table(25_000, seed=5, apps=package_names(5000))
     table = pa.concat_tables([block] * (rows // 25_000))
@@ -90,11 +95,7 @@ def test_row_group_larger_than_the_worker_memory_is_streamed(demo, tmp_path):
     pq.write_table(table, tmp_path / "huge.parquet", row_group_size=rows)
     del table
     job = {**demo["job"], "input": str(tmp_path / "huge.parquet"), "output": str(tmp_path / "out")}
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=":0") as lc, Client(lc) as c:
-        pid = list(c.run(os.getpid).values())[0]
-        report = dscore.run(job, client=c, progress=False)
-        peak = list(c.run(peak_rss).values())[0]
-        assert list(c.run(os.getpid).values()) == [pid]  # never restarted by the nanny
+    report, peak = run_in_one_worker(job, limit)
     print(f"\nhuge row group: {rows:,} rows in one row group, worker peak RSS {peak / 2**20:.0f} MiB of "
           f"{limit / 2**20:.0f} MiB, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
     assert report.status == "complete" and report.partitions == 1 and report.rows == rows
