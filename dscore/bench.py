@@ -577,16 +577,21 @@ def prepare_models(workdir: str, rows: int) -> tuple[str, dict]:
     }
 
 
-def models(workdir: str, rows: int, layout: Layout, seconds: float = 1.0) -> dict:
-    """Each ``dscore.zoo`` model in each form, all in this run: the model alone at its
-    fastest batch and mode (searched over ``MODEL_BATCHES`` in one plain process, the
-    layout's threads at once), the same in one plain process and in the workers,
-    dscore end to end (its defaults), and the serial ceiling
-    ``1/(1/read + 1/encode + 1/model in the workers)``.
+def models(workdir: str, rows: int, layout: Layout, seconds: float = 1.0, names=(), baselines: bool = True) -> dict:
+    """Each ``dscore.zoo`` model in each form (or those of ``names``), all in this run:
+    the model alone at its fastest batch and mode (searched over ``MODEL_BATCHES`` in
+    one plain process, the layout's threads at once), the same in one plain process
+    and in the workers, dscore end to end (its defaults), and the serial ceiling
+    ``1/(1/read + 1/encode + 1/model in the workers)``. With ``baselines``, the
+    masked-mean TorchScript model also runs as plain Dask + pandas (``run_plain_dask``).
 
     ``seconds`` per search candidate; the two model-alone figures run three times as long.
     """
     job, variants = prepare_models(workdir, rows)
+    if names:
+        variants = {v: keys for v, keys in variants.items() if v.split()[0] in names}
+        if not variants:
+            raise ValueError(f"--only {','.join(names)}: no such dscore.zoo model")
     res = {"machine": machine(), "rows": rows, "files": ZOO_FILES, "layout": str(layout)}
     res["read_only"] = run_read_only(job, layout)
     res["encode_only"] = run_encode_only(job, layout)
@@ -619,6 +624,8 @@ def models(workdir: str, rows: int, layout: Layout, seconds: float = 1.0) -> dic
                 res["read_only"]["rows_per_s"], res["encode_only"]["rows_per_s"], there["rows_per_s"]
             ),
         })  # fmt: skip
+    if baselines and "masked_mean torchscript" in variants:  # the job file's own model
+        res["plain_dask"] = run_plain_dask(job, layout, best["masked_mean torchscript"]["batch"])
     return res
 
 
@@ -646,6 +653,10 @@ def format_models(res: dict) -> str:
             f"{m['in_process']['max_diff']:>12.1e}{d:>10,.0f}{m['serial_ceiling']:>10,.0f}"
             f"{d / m['serial_ceiling']:>7.2f}x  {m['execution']}"
         )
+    if "plain_dask" in res:
+        d = next(m["dscore"]["rows_per_s"] for m in res["models"] if m["variant"] == "masked_mean torchscript")
+        p = res["plain_dask"]["rows_per_s"]
+        lines.append(f"plain Dask map_partitions + pandas, masked_mean torchscript: {p:,.0f} rows/s; dscore {d / p:.2f}x it")
     return "\n".join(lines)
 
 

@@ -195,11 +195,12 @@ def _layouts(text: str):
 @click.option("--model-only", is_flag=True, help="Only the model: rows/s per execution mode and batch size.")
 @click.option("--models", "zoo", is_flag=True, help="The model shapes users bring (dscore.zoo), each as TorchScript and eager: alone in one process and in the workers, end to end, against the serial ceiling.")
 @click.option("--seconds", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="With --models: seconds per batch-size candidate (the model-alone figures run 3x as long).")
+@click.option("--only", default="", metavar="NAMES", help="With --models: only these dscore.zoo models (comma-separated, e.g. masked_mean).")
 @click.option("--sweep-layouts", default="2x1x1,1x2x1,1x1x2", show_default=True, help="Layouts to compare end to end ('' for none).")
 @click.option("--sweep-batches", default="1024,4096,8192", show_default=True, help="Fixed batch sizes to compare with auto ('' for none).")
 @click.option("--no-baselines", is_flag=True, help="Skip the plain-Dask and single-process baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def bench(rows, workdir, layout, model_only, zoo, seconds, sweep_layouts, sweep_batches, no_baselines, json_path):
+def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, sweep_batches, no_baselines, json_path):
     """Benchmark dscore on the demo data against its ceilings and baselines (with --models:
     on the model shapes users bring)."""
     import tempfile
@@ -214,7 +215,8 @@ def bench(rows, workdir, layout, model_only, zoo, seconds, sweep_layouts, sweep_
     main_layout = _layouts(layout)[0] if layout else default
     out: dict = {"rows": rows, "machine": b.machine()}
     if zoo:
-        out["models"] = b.models(workdir, rows, main_layout, seconds)
+        names = [n for n in only.split(",") if n]
+        out["models"] = b.models(workdir, rows, main_layout, seconds, names, baselines=not no_baselines)
         click.echo(b.format_models(out["models"]))
     elif model_only:
         job = b.prepare(workdir, rows)
