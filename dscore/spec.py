@@ -355,6 +355,8 @@ class JobSpec:
     ``cuda`` always on the GPU (an error on a worker without one). ``cluster:
     local-cuda`` starts a ``dask_cuda.LocalCUDACluster``: one worker per visible GPU.
     ``resources`` (e.g. ``{GPU: 1}``) are Dask worker resources each task asks for.
+    ``lock_timeout``: seconds without renewal after which another run may take over
+    the output's lease (``dscore.lease``); the holder renews it ten times as often.
     """
 
     input: tuple
@@ -375,6 +377,7 @@ class JobSpec:
     partition_bytes: int | str = "64MiB"
     on_bad_input: str = "fail"
     retries: int = 2
+    lock_timeout: float = 300.0
     source: str = "<dict>"
 
     CHECKS = {
@@ -395,6 +398,7 @@ class JobSpec:
         "partition_bytes": _bytes,
         "on_bad_input": _one_of("fail", "quarantine"),
         "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
+        "lock_timeout": _pos_number,
     }
     REQUIRED = ("input", "output", "fields", "model")
 

@@ -29,7 +29,7 @@ import dscore
 from dscore.demo import make_table, package_names
 from dscore.pipeline import JobError
 
-from .helpers import check_exactly_once
+from .helpers import check_exactly_once, wait_for_records
 
 pytestmark = pytest.mark.cluster
 
@@ -57,15 +57,6 @@ def run_in_thread(job, client, **kw):
     t = threading.Thread(target=target, daemon=True)
     t.start()
     return t, box
-
-
-def wait_for_records(output, n, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(glob.glob(os.path.join(output, "_parts", "*.json"))) >= n:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"fewer than {n} partitions finished in {timeout}s")
 
 
 # ---------------------------------------------------------------- commit protocol and resume
