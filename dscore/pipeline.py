@@ -487,7 +487,8 @@ def _differs(old, new) -> str:
 
 
 def _short(v) -> str:
-    return f"{v[:12]}..." if isinstance(v, str) and len(v) > 40 else repr(v)
+    hexdigest = isinstance(v, str) and len(v) > 16 and all(c in "0123456789abcdef" for c in v)
+    return f"{v[:12]}..." if hexdigest else repr(v)
 
 
 def run(
