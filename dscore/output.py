@@ -92,10 +92,10 @@ class Output:
         except FileNotFoundError:
             return None
 
-    def write_part(self, index: int, table: pa.Table, record: dict) -> None:
+    def write_part(self, index: int, table: pa.Table, record: dict, job: str = "") -> None:
         """The partition's file, then its record: a record implies a complete file.
-        Both carry the job token ``record["job"]``."""
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), JOB_KEY: record["job"].encode()})
+        The file's parquet metadata carries the job token ``job`` (as the record does)."""
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), JOB_KEY: job.encode()})
         self._put(self.part_name(index), lambda f: pq.write_table(table, f))
         self.write_json(f"{PARTS}/part-{index:06d}.json", record)
 
@@ -215,13 +215,15 @@ class Output:
         for p in own:
             self.fs.rm(p, recursive=posixpath.basename(p) == PARTS)
 
-    def check_parts(self, token: str, indices) -> tuple[dict, dict]:
-        """``(good, problems)`` for the partitions ``indices`` as the output is now
-        (re-listed, not from memory): ``good`` their records when the record and the
-        part file both carry ``token`` and agree on the row count, ``problems`` what
-        is wrong with each of the others, e.g. ``{3: "part-000003.parquet is missing"}``.
+    def check_parts(self, token: str, indices=None) -> tuple[dict, dict]:
+        """``(good, problems)`` for the partitions ``indices`` (default: all recorded)
+        as the output is now (re-listed, not from memory): ``good`` their records when
+        the record and the part file both carry ``token`` and agree on the row count,
+        ``problems`` what is wrong with each of the others, e.g.
+        ``{3: "part-000003.parquet is recorded but missing"}``.
         """
         records = self.records()
+        indices = sorted(records) if indices is None else indices
         present = {posixpath.basename(p) for p in self.ls()}
         good, problems = {}, {}
         for i in indices:

@@ -125,7 +125,7 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
         "worker_rss": psutil.Process().memory_info().rss,
         "worker_peak_rss": peak_rss(),
     }
-    out.write_part(piece.index, scored, {**record, "seconds": dict(seconds)})
+    out.write_part(piece.index, scored, {**record, "seconds": dict(seconds)}, job=task.job_token)
     seconds["write"] = time.perf_counter() - t2
     del table, scored
     relieve_memory()
@@ -472,7 +472,7 @@ def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dic
             f"output {out.url!r} holds scores from a job with a different {'; '.join(changed)}; "
             "refusing to mix old and new scores. Pass --overwrite (overwrite=True) to start over"
         )
-    done, redo = out.check_parts(token, sorted(out.records()))
+    done, redo = out.check_parts(token)
     for problem in redo.values():
         log.warning("%s: %s; scoring it again", out.url, problem)
     return done

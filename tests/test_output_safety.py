@@ -113,6 +113,7 @@ def test_output_beside_the_input_is_allowed(demo, tmp_path, inputs):
 
 
 # ---------------------------------------------------------------- --overwrite removes only dscore's files
+@pytest.mark.cluster
 def test_overwrite_among_foreign_files_deletes_nothing(demo, client, tmp_path):
     out = tmp_path / "out"
     job = {**demo["job"], "output": str(out)}
@@ -142,14 +143,15 @@ def test_overwrite_among_foreign_files_deletes_nothing(demo, client, tmp_path):
     check_exactly_once(demo, str(out), demo["data"], 6000)
 
 
-def test_foreign_directory_is_refused_in_one_line(demo, client, tmp_path):
+def test_foreign_directory_is_refused_in_one_line(demo, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    r = cli(tmp_path, {**demo["job"], "output": str(tmp_path / "out")}, "--scheduler", client.scheduler.address)
+    r = cli(tmp_path, {**demo["job"], "output": str(tmp_path / "out")})
     one_line_error(r, "is not empty and holds no dscore job (it holds 'notes.txt'); choose another output")
     assert sorted(os.listdir(tmp_path / "out")) == ["notes.txt"]  # the lease is gone again
 
 
+@pytest.mark.cluster
 def test_changed_model_is_refused_in_one_line_naming_the_flag(demo, client, tmp_path):
     job = {**demo["job"], "output": str(tmp_path / "out")}
     dscore.run(job, client=client, progress=False)
@@ -174,6 +176,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.cluster
 def test_two_dscore_processes_on_one_output(demo, many, client, tmp_path):
     """The issue's case: a second run (also with --overwrite) while the first writes. The
     second is refused naming the first, deletes nothing; the first completes exactly once."""
@@ -206,6 +209,7 @@ def test_two_dscore_processes_on_one_output(demo, many, client, tmp_path):
     assert not (out / "_lock.json").exists()
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize(
     "stale, reason",
     [
@@ -228,6 +232,19 @@ def test_stale_lease_is_taken_over(demo, client, tmp_path, stale, reason):
     check_exactly_once(demo, str(out), demo["data"], 6000)
 
 
+def test_when_a_lease_is_stale():
+    import psutil
+
+    from dscore.lease import stale_reason
+
+    live = holder(host=socket.gethostname(), pid=os.getpid(), pid_started=psutil.Process().create_time())
+    assert stale_reason(live, 300) is None
+    assert "the pid is now another process's" in stale_reason({**live, "pid_started": 1.0}, 300)
+    assert stale_reason(holder(renewed=time.time() - 100), 30) is None  # the holder's own timeout (300s) is longer
+    assert "not been renewed for 400s (lock_timeout 300s)" in stale_reason(holder(renewed=time.time() - 400.2), 30)
+
+
+@pytest.mark.cluster
 def test_break_lock(demo, client, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -296,6 +313,7 @@ def doctor(scored, how):
         pq.write_table(t.slice(0, 10), part)  # keeps the footer's job token: only the row count differs
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize(
     "how, problem",
     [
