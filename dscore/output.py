@@ -276,8 +276,9 @@ def check_apart(out: Output, inputs, fs, paths) -> None:
 
     Input locations are each input URL (a file or a directory read recursively), the
     files it expanded to (``paths`` on ``fs``), and, for a glob, whatever the glob
-    matches: an output matched by it (or inside a folder matched by it) would be
-    read as input by the next run. An output beside the files a glob names, in the
+    matches: an output matched by it (or inside a folder matched by it, or whose
+    part files it matches, as ``data/**/*.parquet`` would) would be read as input
+    by the next run. An output beside the files a glob names, in the
     same folder but not matched, is neither read nor touched, so it is allowed.
     Paths are compared after resolving ``..`` and symbolic links, on the same
     filesystem only. Raises ``JobError`` naming the output and the input.
@@ -300,7 +301,10 @@ def check_apart(out: Output, inputs, fs, paths) -> None:
             # Resolve the folders above the pattern, as the output's path is resolved.
             head = path.split("/")
             fixed = next(i for i, part in enumerate(head) if any(c in part for c in "*?["))
-            pattern = re.compile(glob_translate("/".join([_norm(fs, "/".join(head[:fixed]) or "/").rstrip("/"), *head[fixed:]])))
+            base = _norm(fs, "/".join(head[:fixed]) or "/").rstrip("/")
+            pattern = re.compile(glob_translate("/".join([base, *head[fixed:]])))
+            if pattern.fullmatch(posixpath.join(where, Output.part_name(0))):
+                refuse("would have its part files matched by", url)
             folder = where
             while True:
                 if pattern.fullmatch(folder):

@@ -91,6 +91,7 @@ def test_overwrite_onto_the_input_directory_deletes_nothing(demo, tmp_path, inpu
         ("in/", "in/scores", "is or lies inside input '{root}/in'"),  # a folder input is read recursively
         ("in/*.parquet", "in/x.parquet", "is matched by input '{root}/in/\\*.parquet'"),  # a Spark-style folder
         ("in/*.parquet", "in/y.parquet/scores", "is matched by input"),
+        ("in/**/*.parquet", "in/scores", "would have its part files matched by input"),
         ("out/data/*.parquet", "out", "contains input '{root}/out/data/part-0.parquet'"),
         ("in/part-1.parquet", "in/part-1.parquet", "is or lies inside input"),
         ("in/", "link", "is or lies inside input"),  # the same folder through a symbolic link
