@@ -473,8 +473,10 @@ def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dic
             "refusing to mix old and new scores. Pass --overwrite (overwrite=True) to start over"
         )
     done, redo = out.check_parts(token)
-    for problem in redo.values():
-        log.warning("%s: %s; scoring it again", out.url, problem)
+    if redo:
+        first = "; ".join(redo[i] for i in sorted(redo)[:3])
+        log.warning("%s: %d recorded partitions are scored again: %s%s", out.url, len(redo), first,
+                    " ..." if len(redo) > 3 else "")  # fmt: skip
     return done
 
 

@@ -347,3 +347,23 @@ def test_success_not_written_after_the_lease_was_lost(scored):
             _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", lease)
     assert not out.complete()
     assert json.loads(open(os.path.join(scored["out"], "_lock.json")).read())["host"] == "elsewhere"  # not ours to remove
+
+
+def test_success_not_written_when_job_json_is_another_jobs(scored):
+    plan, out = scored["plan"], Output(scored["out"])
+    out.write_json("_job.json", {**scored["other"].header, "token": scored["other"].task.job_token})
+    records = scored["records"]
+    with pytest.raises(JobError, match=r"_job.json now describes another job .*_SUCCESS was not written. Rerun the job"):
+        _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test")
+    assert not out.complete()
+
+
+def test_dscore_files_without_job_json_need_overwrite(demo, scored):
+    """An --overwrite stopped after removing _job.json: a plain rerun cannot tell what
+    the parts are and says so; --overwrite removes them (they are dscore's)."""
+    os.remove(os.path.join(scored["out"], "_job.json"))
+    job = {**demo["job"], "output": scored["out"]}
+    with pytest.raises(JobError, match=r"holds dscore files but no _job.json .*pass --overwrite to start over"):
+        dscore.run(job, progress=False)
+    Output(scored["out"]).clear()
+    assert os.listdir(scored["out"]) == []
