@@ -295,6 +295,9 @@ def check_apart(out: Output, inputs, fs, paths) -> None:
             "Choose an output outside the input"
         )
 
+    for p in paths:
+        if _within(_norm(fs, p), where):
+            refuse("is" if _norm(fs, p) == where else "contains", p if io.is_local(fs) else fs.unstrip_protocol(p))
     for url in [inputs] if isinstance(inputs, str) else inputs:
         path = fs._strip_protocol(url).rstrip("/")
         if any(c in path for c in "*?["):
@@ -319,6 +322,3 @@ def check_apart(out: Output, inputs, fs, paths) -> None:
                 refuse("is or lies inside", url)
             if _within(loc, where):
                 refuse("contains", url)
-    for p in paths:
-        if _within(_norm(fs, p), where):
-            refuse("contains", p if io.is_local(fs) else fs.unstrip_protocol(p))

@@ -542,7 +542,10 @@ def run(
                 threads = sum(c.nthreads().values()) or 1
                 task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
                 bar = Progress(len(plan.pieces), len(done), enabled=progress)
-                for rec in _submit(c, todo, task, spec, token):
+                # Keys unique to this run: a scheduler that still holds an earlier run's
+                # results under the same keys (the same job, to another output, or before
+                # --overwrite) would hand them back without writing anything.
+                for rec in _submit(c, todo, task, spec, f"{token}-{lease.holder['id'][:8]}"):
                     if rec.get("quarantined"):
                         quarantined.append(rec)
                     else:
@@ -556,7 +559,7 @@ def run(
 NO_WORKERS_TIMEOUT = 300.0  # seconds without any worker before a job gives up
 
 
-def _submit(client, pieces, task, spec, token):
+def _submit(client, pieces, task, spec, run_key):
     """Yield each piece's record as it completes; on a failure cancel the rest and raise.
 
     Worker loss is the scheduler's to handle: it reruns lost tasks elsewhere. But a
@@ -571,7 +574,7 @@ def _submit(client, pieces, task, spec, token):
         task=task,
         output_url=spec.output,
         quarantine=spec.on_bad_input == "quarantine",
-        key=[f"dscore-score-{token}-{p.index}" for p in pieces],
+        key=[f"dscore-score-{run_key}-{p.index}" for p in pieces],
         retries=spec.retries,
         # Here, at submit time: with dask-expr, resources annotated while building a
         # graph (dask.annotate) are silently dropped.

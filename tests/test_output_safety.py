@@ -93,9 +93,9 @@ def test_overwrite_onto_the_input_directory_deletes_nothing(demo, tmp_path, inpu
         ("in/*.parquet", "in/y.parquet/scores", "is matched by input"),
         ("in/**/*.parquet", "in/scores", "would have its part files matched by input"),
         ("out/data/*.parquet", "out", "contains input '{root}/out/data/part-0.parquet'"),
-        ("in/part-1.parquet", "in/part-1.parquet", "is or lies inside input"),
-        ("in/", "link", "is or lies inside input"),  # the same folder through a symbolic link
-        ("in/", "in/sub/../../in", "is or lies inside input"),
+        ("in/part-1.parquet", "in/part-1.parquet", "is input '{root}/in/part-1.parquet'"),
+        ("in/", "link", "contains input '{root}/in/part-0.parquet'"),  # the same folder through a symbolic link
+        ("in/", "in/sub/../../in", "contains input '{root}/in/part-0.parquet'"),
     ],
 )
 def test_output_overlapping_the_input_is_refused(demo, tmp_path, inputs, input_, output, message):
@@ -162,6 +162,18 @@ def test_changed_model_is_refused_in_one_line_naming_the_flag(demo, client, tmp_
         f.write(b"\0")
     r = cli(tmp_path, {**job, "model": {"path": str(other), "batch_size": 700}}, "--scheduler", client.scheduler.address)
     one_line_error(r, "holds scores from a job with a different model (", f"'{other}' now", "Pass --overwrite")
+
+
+@pytest.mark.cluster
+def test_the_same_job_again_writes_its_files(demo, client, tmp_path):
+    """Back to back on one client: the same job to another output, then --overwrite onto
+    the first. Task keys are unique per run: a scheduler still holding the earlier run's
+    results under the same keys would hand them back, and nothing would be written."""
+    for output, overwrite in (("a", False), ("b", False), ("a", True)):
+        job = {**demo["job"], "output": str(tmp_path / output)}
+        report = dscore.run(job, client=client, progress=False, overwrite=overwrite)
+        assert report.scored_partitions == 6 and report.status == "complete"
+        check_exactly_once(demo, job["output"], demo["data"], 6000)
 
 
 # ---------------------------------------------------------------- one writer per output
