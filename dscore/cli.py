@@ -32,7 +32,7 @@ def _errors():
     """Errors that are the user's to fix, reported as one line rather than a traceback."""
     from .io import InputError
     from .model import ModelError
-    from .pipeline import JobError
+    from .output import JobError
     from .spec import SpecError
 
     # OSError: the machine's, not dscore's (disk full, permission denied, ...); its
@@ -80,9 +80,10 @@ _SCHED = click.option("--scheduler", metavar="ADDR", help="Scheduler address (tc
 @click.argument("job", type=click.Path(dir_okay=False))
 @_SCHED
 @_SET
-@click.option("--overwrite", is_flag=True, help="Discard an earlier run's output instead of resuming it.")
+@click.option("--overwrite", is_flag=True, help="Discard an earlier run's output (only files dscore wrote) instead of resuming it.")
+@click.option("--break-lock", is_flag=True, help="Take the output's lease from a run that is gone (see _lock.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def score(job, scheduler, sets, overwrite, no_progress):
+def score(job, scheduler, sets, overwrite, break_lock, no_progress):
     """Score the job in JOB (a YAML job file)."""
     from .pipeline import run
 
@@ -90,7 +91,9 @@ def score(job, scheduler, sets, overwrite, no_progress):
         spec = _load(job, sets)
         if scheduler:
             spec = type(spec).load(spec, {"cluster": scheduler})
-        report = run(spec, overwrite=overwrite, progress=not no_progress)
+        report = run(spec, overwrite=overwrite, break_lock=break_lock, progress=not no_progress)
+    except FileNotFoundError as e:
+        _fail(e)
     except OSError as e:  # in this process: the output's records, the report
         _fail(f"{e}; once that is fixed, rerun: the job resumes where it stopped")
     except _errors() as e:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +34,8 @@ from . import io
 from .encoding import FieldStats, InvalidUTF8Error, check_field_type, check_fields, encode_table
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
-from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, Output
+from .lease import Lease
+from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, JobError, Output, check_apart
 from .spec import ENCODE_DEVICES, Field, JobSpec, ModelSpec, SpecError
 from .worker import DscorePlugin, host_cores, peak_rss, relieve_memory, runtime, torch_threads_per_host
 
@@ -57,6 +59,7 @@ class TaskSpec:
     # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
     storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
     rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
+    job_token: str = ""  # job_token(plan header): in every record and part file, checked before _SUCCESS
     encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
     partition_bytes: int | None = None  # a larger row group is scored in slices of this size (io.iter_piece)
     reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
@@ -149,9 +152,11 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             raise RuntimeError(f"{piece.describe()}: read {rows} rows, its metadata says {piece.rows}")
 
     out = Output(output_url, task.storage_options)
-    record = {"index": piece.index, "file": out.part_name(piece.index), "input": piece.identity()}
+    record = {"index": piece.index, "file": out.part_name(piece.index), "job": task.job_token, "input": piece.identity()}
     try:
-        out.write_part(piece.index, scored_slices(), lambda: _record(record, rows, stats, execution, seconds))
+        out.write_part(
+            piece.index, scored_slices(), lambda: _record(record, rows, stats, execution, seconds), job=task.job_token
+        )
     except io.InputError as e:
         if not quarantine:
             raise
@@ -230,6 +235,7 @@ def plan_inputs(job: JobSpec) -> Inputs:
     only, so that this fails fast (naming the file, field or column) and the cluster
     can start while the rest of ``plan_job`` loads the model."""
     fs, files = io.expand(list(job.input), job.storage_options)
+    check_apart(Output(job.output, job.storage_options), job.input, fs, [f.path for f in files])
     reading = reading_of(job)
     unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
     if unknown:
@@ -282,7 +288,13 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
         },
     }
     unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in inputs.unreadable]
+    task = dataclasses.replace(task, job_token=job_token(header))
     return Plan(job, task, pieces, model.output_names, header, unreadable)
+
+
+def job_token(header: dict) -> str:
+    """What identifies a job's scores: a hash of its fingerprints (the plan header)."""
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def warm_task(job: JobSpec, rows_hint: int | None = None) -> TaskSpec:
@@ -574,43 +586,64 @@ class Report:
         return "\n".join(lines)
 
 
-class JobError(RuntimeError):
-    """The job cannot run or did not finish; the message says why and what to do."""
+RESUME_KEYS = (("model", "model"), ("mapping tables", "vocab"), ("field spec / outputs", "fields"), ("input", "input"))
 
 
-def _check_resume(out: Output, header: dict, overwrite: bool) -> dict:
-    """Records of partitions already done, after refusing to mix old and new scores."""
+def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dict:
+    """Records of partitions already done, after refusing to mix old and new scores.
+
+    Only records that a fresh look at the output confirms (``Output.check_parts``)
+    count as done: a part that is missing, or that another job wrote, is scored again.
+    """
     if overwrite:
         out.clear()
         return {}
     old = out.read_json(JOB)
     if old is None:
-        if out.exists() and any(
-            not name.rsplit("/", 1)[-1].startswith(".") for name in out.ls()
-        ):
+        own, foreign = out.entries()
+        if foreign:
             raise JobError(
-                f"output {out.url!r} is not empty and holds no dscore job; choose another output or pass --overwrite"
+                f"output {out.url!r} is not empty and holds no dscore job (it holds {foreign[0]!r}); "
+                "choose another output"
+            )
+        if any(not TMP_FILE.fullmatch(posixpath.basename(p)) for p in own):
+            raise JobError(
+                f"output {out.url!r} holds dscore files but no {JOB} (an --overwrite that was interrupted); "
+                "pass --overwrite to start over"
             )
         return {}
     changed = [
-        what
-        for what, key in (
-            ("model", "model"),
-            ("mapping tables", "vocab"),
-            ("field spec / outputs", "fields"),
-            ("input", "input"),
-        )
-        if old.get(key) != header.get(key)
+        f"{what} ({_differs(old.get(key), header.get(key))})" for what, key in RESUME_KEYS if old.get(key) != header.get(key)
     ]
     if changed:
         raise JobError(
-            f"output {out.url!r} holds scores from a job with a different {', '.join(changed)}; "
+            f"output {out.url!r} holds scores from a job with a different {'; '.join(changed)}; "
             "refusing to mix old and new scores. Pass --overwrite (overwrite=True) to start over"
         )
-    return out.records()
+    done, redo = out.check_parts(token)
+    if redo:
+        first = "; ".join(redo[i] for i in sorted(redo)[:3])
+        log.warning("%s: %d recorded partitions are scored again: %s%s", out.url, len(redo), first,
+                    " ..." if len(redo) > 3 else "")  # fmt: skip
+    return done
 
 
-def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **overrides) -> Report:
+def _differs(old, new) -> str:
+    """What changed, briefly: the fingerprints, paths or counts that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "digest"] or ["digest"]
+        return ", ".join(f"{k} {_short(old.get(k))} then, {_short(new.get(k))} now" for k in keys)
+    return f"{_short(old)} then, {_short(new)} now"
+
+
+def _short(v) -> str:
+    hexdigest = isinstance(v, str) and len(v) > 16 and all(c in "0123456789abcdef" for c in v)
+    return f"{v[:12]}..." if hexdigest else repr(v)
+
+
+def run(
+    job, *, client=None, overwrite: bool = False, break_lock: bool = False, progress: bool = True, **overrides
+) -> Report:
     """Run a whole scoring job and return its ``Report``.
 
     Parameters
@@ -620,63 +653,78 @@ def run(job, *, client=None, overwrite: bool = False, progress: bool = True, **o
     client : distributed.Client, optional
         Run on this client's cluster instead of the job's ``cluster`` setting.
     overwrite : bool
-        Discard what an earlier run left in the output. By default a rerun scores
-        only the missing partitions, and refuses if the model, mapping tables,
-        fields or input changed.
+        Discard what an earlier run left in the output (only files dscore wrote:
+        anything else there stops it). By default a rerun scores only the missing
+        partitions, and refuses if the model, mapping tables, fields or input changed.
+    break_lock : bool
+        Take the output's lease from the run that holds it (``dscore.lease``),
+        when that run is known to be gone.
     **overrides
         Dotted job keys, e.g. ``**{"model.batch_size": 4096}``; they win over the file.
+
+    Raises
+    ------
+    JobError
+        The output overlaps the input, another run holds the output, the output
+        holds another job's scores or files dscore did not write, or the job did
+        not finish; the message says which and what to do.
     """
     spec = JobSpec.load(job, overrides)
     start = time.perf_counter()
     inputs = plan_inputs(spec)
     out = Output(spec.output, spec.storage_options)
-    with contextlib.ExitStack() as stack:
-        # The cluster starts, and its workers load the model and tables, while this
-        # process loads and probes the model (``plan_job``): the two used to run one
-        # after the other, most of a short job's time. Not for a finished output,
-        # which a rerun leaves alone without needing a cluster.
-        cluster = None
-        if overwrite or not out.complete():
-            cluster = _start_cluster(stack, spec, client, inputs)
-        try:
-            plan = plan_job(spec, inputs)
-        except BaseException:
-            if cluster is not None:  # let it finish starting, so that the stack closes it
-                concurrent.futures.wait([cluster])
-            raise
-        c, ready = cluster.result() if cluster is not None else (None, None)
-        done = _check_resume(out, plan.header, overwrite)
-        out.start_run()
-        out.write_json(JOB, {**plan.header, "job": spec.to_dict(redact=True)})
-        todo = [p for p in plan.pieces if p.index not in done]
-        token = hashlib.sha256(json.dumps(plan.header, sort_keys=True).encode()).hexdigest()[:12]
-        records, quarantined = dict(done), list(plan.unreadable)
-        this_run = []
-        timeline = {"plan": time.perf_counter() - start}
-        if todo:
-            if c is None:
-                c, ready = _start_cluster(stack, spec, client, inputs).result()
-            timeline["cluster"] = ready - start
-            threads = sum(c.nthreads().values()) or 1
-            task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
-            bar = Progress(len(plan.pieces), len(done), enabled=progress)
-            for rec in _submit(c, todo, task, spec, token):
-                if "start" not in timeline:  # to the first partition, less its own time
-                    timeline["start"] = time.perf_counter() - start - sum(rec.get("seconds", {}).values())
-                if rec.get("quarantined"):
-                    quarantined.append(rec)
-                else:
-                    records[rec["index"]] = rec
-                    this_run.append(rec)
-                bar.update(rec.get("rows", 0))
-            bar.close()
-            last = time.perf_counter()
-    label = spec.cluster if client is None else "client"
-    report = _finish(spec, plan, out, records, this_run, quarantined, time.perf_counter() - start, label, timeline)
-    if todo:  # the cluster's close included: the job is over when this returns
-        report.timeline["finish"] = time.perf_counter() - last
-        out.write_json(REPORT, report.to_dict())
-    return report
+    with Lease.acquire(out, spec.lock_timeout, break_lock=break_lock) as lease:
+        with contextlib.ExitStack() as stack:
+            # The cluster starts, and its workers load the model and tables, while this
+            # process loads and probes the model (``plan_job``): the two used to run one
+            # after the other, most of a short job's time. Not for a finished output,
+            # which a rerun leaves alone without needing a cluster.
+            cluster = None
+            if overwrite or not out.complete():
+                cluster = _start_cluster(stack, spec, client, inputs)
+            try:
+                plan = plan_job(spec, inputs)
+            except BaseException:
+                if cluster is not None:  # let it finish starting, so that the stack closes it
+                    concurrent.futures.wait([cluster])
+                raise
+            c, ready = cluster.result() if cluster is not None else (None, None)
+            token = plan.task.job_token
+            done = _check_resume(out, plan.header, token, overwrite)
+            out.start_run()
+            out.write_json(JOB, {**plan.header, "token": token, "job": spec.to_dict(redact=True)})
+            todo = [p for p in plan.pieces if p.index not in done]
+            records, quarantined = dict(done), list(plan.unreadable)
+            this_run = []
+            timeline = {"plan": time.perf_counter() - start}
+            if todo:
+                if c is None:
+                    c, ready = _start_cluster(stack, spec, client, inputs).result()
+                timeline["cluster"] = ready - start
+                threads = sum(c.nthreads().values()) or 1
+                task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
+                bar = Progress(len(plan.pieces), len(done), enabled=progress)
+                # Keys unique to this run: a scheduler that still holds an earlier run's
+                # results under the same keys (the same job, to another output, or before
+                # --overwrite) would hand them back without writing anything.
+                for rec in _submit(c, todo, task, spec, f"{token}-{lease.holder['id'][:8]}"):
+                    if "start" not in timeline:  # to the first partition, less its own time
+                        timeline["start"] = time.perf_counter() - start - sum(rec.get("seconds", {}).values())
+                    if rec.get("quarantined"):
+                        quarantined.append(rec)
+                    else:
+                        records[rec["index"]] = rec
+                        this_run.append(rec)
+                    bar.update(rec.get("rows", 0))
+                bar.close()
+                last = time.perf_counter()
+        label = spec.cluster if client is None else "client"
+        wall = time.perf_counter() - start
+        report = _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease, timeline)
+        if todo:  # the cluster's close included: the job is over when this returns
+            report.timeline["finish"] = time.perf_counter() - last
+            out.write_json(REPORT, report.to_dict())
+        return report
 
 
 def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
@@ -704,7 +752,7 @@ def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
 NO_WORKERS_TIMEOUT = 300.0  # seconds without any worker before a job gives up
 
 
-def _submit(client, pieces, task, spec, token):
+def _submit(client, pieces, task, spec, run_key):
     """Yield each piece's record as it completes; on a failure cancel the rest and raise.
 
     Worker loss is the scheduler's to handle: it reruns lost tasks elsewhere. But a
@@ -713,7 +761,7 @@ def _submit(client, pieces, task, spec, token):
     """
     from distributed import wait
 
-    by_key = {f"dscore-score-{token}-{p.index}": p for p in pieces}
+    by_key = {f"dscore-score-{run_key}-{p.index}": p for p in pieces}
     limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
     futures = client.map(
         score_piece,
@@ -810,7 +858,7 @@ def _has_workers(client) -> bool:
         return True
 
 
-def _finish(spec, plan, out, records, this_run, quarantined, wall, label, timeline=None) -> Report:
+def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease=None, timeline=None) -> Report:
     rows_in = plan.header["input"]["rows"]
     missing = [p.index for p in plan.pieces if p.index not in records]
     rows_out = sum(r["rows"] for r in records.values())
@@ -825,6 +873,7 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label, timeli
     if quarantined:
         out.write_json(QUARANTINE, [{"partition": q["index"], "input": q["input"], "error": q["error"]} for q in quarantined])
     if complete:
+        records = _check_output(out, plan, lease)
         out.write_json(MANIFEST, {**plan.header, "partitions": [records[i] for i in sorted(records)]})
         out.write_json(SUCCESS, {"rows": rows_out, "partitions": len(records)})
     elif not quarantined:
@@ -865,6 +914,30 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label, timeli
     )
     out.write_json(REPORT, report.to_dict())
     return report
+
+
+def _check_output(out: Output, plan: Plan, lease) -> dict:
+    """The output's records, after checking that the output, listed afresh, holds
+    this job's part file for every partition: the records in memory say what this
+    run wrote, not what another run may have removed or replaced since."""
+    token = plan.task.job_token
+    if lease is not None:
+        lease.check()
+    on_disk = out.read_json(JOB) or {}
+    if on_disk.get("token") != token:
+        raise JobError(
+            f"output {out.url!r}: {JOB} now describes another job (token {on_disk.get('token')!r}, this job's is "
+            f"{token!r}); another run wrote here, and _SUCCESS was not written. Rerun the job"
+        )
+    good, problems = out.check_parts(token, [p.index for p in plan.pieces])
+    if problems:
+        first = [problems[i] for i in sorted(problems)[:3]]
+        raise JobError(
+            f"output {out.url!r} is not complete, so _SUCCESS was not written: {'; '.join(first)}"
+            + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            + ". Rerun the job: it scores those partitions again"
+        )
+    return good
 
 
 class Progress:

@@ -427,6 +427,8 @@ class JobSpec:
     ``csv`` (``CsvSpec``) says how CSV input is parsed and typed. ``partition_types``
     types the columns that hive-style ``key=value`` input directories give their files'
     rows (``{key: Arrow type name}``; string by default).
+    ``lock_timeout``: seconds without renewal after which another run may take over
+    the output's lease (``dscore.lease``); the holder renews it ten times as often.
     """
 
     input: tuple
@@ -449,6 +451,7 @@ class JobSpec:
     retries: int = 2
     csv: CsvSpec | None = None
     partition_types: dict = dataclasses.field(default_factory=dict)
+    lock_timeout: float = 300.0
     source: str = "<dict>"
 
     CHECKS = {
@@ -471,6 +474,7 @@ class JobSpec:
         "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
         "csv": lambda w, v: None if v is None else CsvSpec.from_dict(v, w),
         "partition_types": _arrow_types,
+        "lock_timeout": _pos_number,
     }
     REQUIRED = ("input", "output", "fields", "model")
 

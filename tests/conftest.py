@@ -66,6 +66,17 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def many(demo, tmp_path_factory):
+    """24 files of 400 rows (row groups of 100): 48 partitions of 200 rows."""
+    root = tmp_path_factory.mktemp("many")
+    apps = package_names(5000)
+    for i in range(24):
+        pq.write_table(make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100)
+    job = {**demo["job"], "input": str(root / "f*.parquet"), "partition_rows": 200}
+    return {"root": root, "job": job, "rows": 24 * 400, "partitions": 48}
+
+
+@pytest.fixture(scope="module")
 def client():
     """A LocalCluster of 2 worker processes for the module's tests."""
     from distributed import Client, LocalCluster

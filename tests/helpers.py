@@ -6,6 +6,7 @@ import contextlib
 import glob
 import logging
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,16 @@ def check_exactly_once(demo, output, data_glob, rows, fields=FIELDS):
     assert np.abs(got - np.array([want[i] for i in ids], dtype=np.float32)).max() <= 1e-6
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
     return out
+
+
+def wait_for_records(output, n, timeout=120):
+    """Wait until ``n`` partitions of the local ``output`` are recorded."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(glob.glob(os.path.join(output, "_parts", "*.json"))) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {n} partitions finished in {timeout}s")
 
 
 @contextlib.contextmanager

@@ -31,20 +31,9 @@ import dscore
 from dscore.demo import FIELDS, make_table, package_names
 from dscore.pipeline import JobError
 
-from .helpers import check_exactly_once
+from .helpers import check_exactly_once, wait_for_records
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def many(demo, tmp_path_factory):
-    """24 files of 400 rows (row groups of 100): 48 partitions of 200 rows."""
-    root = tmp_path_factory.mktemp("many")
-    apps = package_names(5000)
-    for i in range(24):
-        pq.write_table(make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100)
-    job = {**demo["job"], "input": str(root / "f*.parquet"), "partition_rows": 200}
-    return {"root": root, "job": job, "rows": 24 * 400, "partitions": 48}
 
 
 def run_in_thread(job, client, **kw):
@@ -59,15 +48,6 @@ def run_in_thread(job, client, **kw):
     t = threading.Thread(target=target, daemon=True)
     t.start()
     return t, box
-
-
-def wait_for_records(output, n, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(glob.glob(os.path.join(output, "_parts", "*.json"))) >= n:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"fewer than {n} partitions finished in {timeout}s")
 
 
 # ---------------------------------------------------------------- commit protocol and resume

@@ -181,6 +181,23 @@ def test_failed_write_leaves_no_object(s3):
     assert not s3fs_(s3).exists(f"{BUCKET}/atomic/scores/part-000000.parquet")
 
 
+def test_lease_on_s3_is_a_conditional_put(s3):
+    """The lease is created with If-None-Match: * (moto honours it, as S3 does): while
+    one run holds it, another's create is refused by the server, and it is refused."""
+    from dscore.lease import Lease
+    from dscore.output import JobError, Output
+
+    out = Output(f"s3://{BUCKET}/lease/scores", s3["storage_options"])
+    with Lease.acquire(out, timeout=300) as lease:
+        held = json.loads(s3fs_(s3).cat(f"{BUCKET}/lease/scores/_lock.json"))
+        assert held["id"] == lease.holder["id"] and held["output"] == out.url
+        assert not Lease(out, 300)._create()  # s3fs sends the conditional put; the server says no
+        with pytest.raises(JobError, match=r"is being written by .* \(pid %d\) since .*--break-lock" % os.getpid()):
+            Lease.acquire(out, timeout=300)
+        assert json.loads(s3fs_(s3).cat(f"{BUCKET}/lease/scores/_lock.json"))["id"] == lease.holder["id"]
+    assert not s3fs_(s3).exists(f"{BUCKET}/lease/scores/_lock.json")
+
+
 # ---------------------------------------------------------------- credentials
 def dscore_cli(*args, env=None, timeout=240):
     return subprocess.run(
