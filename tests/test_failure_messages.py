@@ -1,5 +1,5 @@
 """Expected failures of a real `dscore score` end in one line that says what happened
-and whether a rerun resumes: a full disk, a lost scheduler, Ctrl-C."""
+and whether a rerun resumes: a full disk, a read-only output, a lost scheduler, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -62,6 +62,23 @@ def test_disk_full_is_one_line_and_resumable(slow_job, tmp_path):
         line = one_line_error(r.stderr)
         assert "No space left on device" in line and str(mnt / "out") in line and "rerun" in line and "resumes" in line
         assert not os.path.exists(mnt / "out" / "_SUCCESS")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_read_only_output_is_one_line(slow_job, tmp_path):
+    """Permission denied, as root sees it: a read-only file system (root passes mode bits)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        job = write_job(tmp_path, {**slow_job, "output": str(mnt / "out"), "workers": 1, "threads_per_worker": 1})
+        r = subprocess.run([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 1, r.stdout + r.stderr
+        line = one_line_error(r.stderr)
+        assert "Read-only file system" in line and str(mnt) in line and "rerun" in line
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 
