@@ -365,7 +365,8 @@ CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
 
 @contextmanager
 def connect(
-    cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto", resources=None
+    cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto", resources=None,
+    announce=True,
 ):
     """A ``distributed.Client``: the given one, a new LocalCluster, a LocalCUDACluster
     (``local-cuda``: one worker per visible GPU), or a running scheduler. Workers of a
@@ -377,8 +378,8 @@ def connect(
         return
     if cluster == "local-cuda":
         with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, _closing(Client(lc)) as c:
-            n = len(c.scheduler_info(n_workers=-1)["workers"])
-            print(f"dscore: local CUDA cluster of {n} GPU workers; dashboard {c.dashboard_link}", file=sys.stderr)
+            if announce:
+                announce_cluster(c)
             yield c
         return
     if cluster == "local":
@@ -388,8 +389,9 @@ def connect(
             n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
             resources=resources,
         ) as lc, _closing(Client(lc)) as c:
-            c.run(_set_log_levels, _log_levels())
-            print(f"dscore: local cluster of {n} workers x {t} threads; dashboard {c.dashboard_link}", file=sys.stderr)
+            c.run(_set_log_levels, _log_levels(), on_error="ignore")
+            if announce:
+                announce_cluster(c)
             yield c
     elif "://" in cluster:
         try:
@@ -406,6 +408,16 @@ def connect(
             yield c
     else:
         raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
+
+
+def announce_cluster(c) -> None:
+    """One line on stderr: the local cluster's workers and its dashboard."""
+    threads = sorted(set(c.nthreads().values())) or [0]
+    print(
+        f"dscore: local cluster of {len(c.nthreads())} workers x {'/'.join(map(str, threads))} threads; "
+        f"dashboard {c.dashboard_link}",
+        file=sys.stderr,
+    )
 
 
 # Workers of a local cluster write to this process's terminal: they log as it does
@@ -495,18 +507,26 @@ DEFAULT_LAYOUT = {
 }
 
 
-def register(client, torch_threads=None, warm=None) -> None:
+def register(client, torch_threads=None) -> None:
     """Register dscore's worker plugin (threads, model cache) on every worker, unless
     it is there already with the same settings: registering again would tear down
-    the workers' loaded models. ``warm``: ``(TaskSpec, Piece)`` for the workers to
-    get ready for now (``worker.Runtime.warm``), and again whenever one restarts."""
+    the workers' loaded models."""
     threads = torch_threads or torch_threads_per_host(client)
-    current = client.run(_plugin_threads)
+    current = client.run(_plugin_threads, on_error="ignore")  # a worker dying meanwhile is the job's to survive
     if current and all(v == ("set", threads) for v in current.values()):
-        if warm is not None:
-            client.run(_warm_now, *warm)
         return
-    client.register_plugin(DscorePlugin(threads, warm=warm), name="dscore")
+    client.register_plugin(DscorePlugin(threads), name="dscore")
+
+
+def warm(client, task: TaskSpec, piece) -> None:
+    """Have every worker get ready for ``task`` now, in a thread of its own
+    (``worker.Runtime.warm``), while the client plans; does not wait.
+
+    Sent as tasks, like the job's own: ``task`` may hold credentials, and distributed
+    logs plugin registrations and ``Client.run`` calls whole at debug level.
+    """
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        client.submit(_warm_now, task, piece, workers=[address], allow_other_workers=False, pure=False)
 
 
 def _plugin_threads(dask_worker):
@@ -701,6 +721,8 @@ def run(
                 if c is None:
                     c, ready = _start_cluster(stack, spec, client, inputs).result()
                 timeline["cluster"] = ready - start
+                if client is None and spec.cluster.startswith("local"):  # said only once it is used
+                    announce_cluster(c)
                 threads = sum(c.nthreads().values()) or 1
                 task = dataclasses.replace(plan.task, rows_hint=sum(p.rows or 0 for p in todo) // threads)
                 bar = Progress(len(plan.pieces), len(done), enabled=progress)
@@ -729,18 +751,19 @@ def run(
 
 def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
     """A future of ``(client, when it was ready)``: the job's cluster started in a thread
-    (``connect``, entered on ``stack``) with dscore's plugin registered, which warms
-    every worker up for this job (``worker.Runtime.warm``) as soon as it exists."""
+    (``connect``, entered on ``stack``), dscore's plugin registered, and every worker
+    warming up for this job (``warm``)."""
 
     def start():
         c = stack.enter_context(
             connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                    memory_limit=spec.memory_limit, resources=spec.resources)
+                    memory_limit=spec.memory_limit, resources=spec.resources, announce=False)
         )  # fmt: skip
         check_resources(c, spec.resources)
         rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
-        warm = (warm_task(spec, rows), inputs.pieces[0]) if inputs.pieces else None
-        register(c, spec.model.threads, warm=warm)
+        register(c, spec.model.threads)
+        if inputs.pieces:
+            warm(c, warm_task(spec, rows), inputs.pieces[0])
         return c, time.perf_counter()
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dscore-connect")
@@ -762,7 +785,6 @@ def _submit(client, pieces, task, spec, run_key):
     from distributed import wait
 
     by_key = {f"dscore-score-{run_key}-{p.index}": p for p in pieces}
-    limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
     futures = client.map(
         score_piece,
         pieces,
@@ -776,6 +798,8 @@ def _submit(client, pieces, task, spec, run_key):
         resources=dict(spec.resources) if spec.resources else None,
         pure=False,
     )
+    # Now, while the workers live: a KilledWorker error is raised once they have died.
+    limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
     pending, alone_since, scored = set(futures), None, 0
     try:
         while pending:

@@ -313,16 +313,12 @@ class DscorePlugin(WorkerPlugin):
         Threads per worker process. Precedence: ``DSCORE_TORCH_THREADS`` in the
         worker's environment (the cluster scripts set it), then this argument,
         then the worker's share of its host's cores.
-    warm : (TaskSpec, Piece), optional
-        A job to get ready for as soon as the worker exists (``Runtime.warm``), also
-        when a worker restarts.
     """
 
     name = "dscore"
 
-    def __init__(self, torch_threads=None, warm=None):
+    def __init__(self, torch_threads=None):
         self.torch_threads = torch_threads
-        self.warm = warm  # (TaskSpec, Piece): what Runtime.warm prepares, or None
 
     def setup(self, worker):
         from .model import set_threads
@@ -342,8 +338,6 @@ class DscorePlugin(WorkerPlugin):
             log.info("dscore worker %s: not glibc, malloc thresholds left as they are", worker.address)
         _RUNTIME = Runtime(threads)
         log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)
-        if self.warm is not None:
-            threading.Thread(target=_RUNTIME.warm, args=self.warm, name="dscore-warm", daemon=True).start()
 
     def teardown(self, worker):
         global _RUNTIME
@@ -358,7 +352,7 @@ def torch_threads_per_host(client) -> dict:
     dask_threads = collections.Counter()
     for addr, w in info.items():
         dask_threads[addr.rsplit(":", 1)[0].split("//")[-1]] += w["nthreads"]
-    cores = client.run(host_cores)
+    cores = client.run(host_cores, on_error="ignore")
     per_host_cores = {}
     for addr, n in cores.items():
         per_host_cores[addr.rsplit(":", 1)[0].split("//")[-1]] = n

@@ -265,7 +265,9 @@ def test_credentials_never_written_or_printed(demo, s3, client, tmp_path):
         for name, body in objects.items():
             assert secret.encode() not in body, f"{secret!r} in s3://{BUCKET}/{name}"
         for cmd, r in runs.items():
-            assert secret not in r.stdout and secret not in r.stderr, f"{secret!r} in the output of dscore {cmd}"
+            for text in (r.stdout, r.stderr):
+                i = text.find(secret)
+                assert i < 0, f"{secret!r} in the output of dscore {cmd}: ...{text[max(0, i - 400):i + 60]}..."
     # The redacted copy still says where the data is.
     saved = json.loads(written["leak/scores/_job.json"])["job"]["storage_options"]
     assert saved == {"key": "***", "secret": "***", "client_kwargs": s3["storage_options"]["client_kwargs"]}
@@ -287,7 +289,8 @@ def test_glob_reads_spark_and_hive_folders_on_s3(demo, s3):
         s3["boto"].upload_file(str(path), BUCKET, key)
     for key in ("spark/_SUCCESS", "spark/b.parquet/_SUCCESS", "spark/b.parquet/.part-00000-c000.snappy.parquet.crc"):
         s3["boto"].put_object(Bucket=BUCKET, Key=key, Body=b"")
-    plan = plan_job(JobSpec.from_dict(s3_job(s3, "spark", input=f"s3://{BUCKET}/spark/*")))
+    # The output beside the folder, not in it: the glob would match it (refused, test_output_safety).
+    plan = plan_job(JobSpec.from_dict(s3_job(s3, "spark-out", input=f"s3://{BUCKET}/spark/*")))
     assert plan.header["input"]["files"] == [f"s3://{BUCKET}/{k}" for k in keys]
     assert plan.header["input"]["rows"] == 6000
     assert [p.partitions for p in plan.pieces] == [()] * 4 + [(("date", "2026-01-01"),)] * 2

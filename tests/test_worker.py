@@ -47,7 +47,8 @@ def test_workers_get_ready_for_a_job_before_its_first_task(client, demo, tmp_pat
 
     spec = JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "out")})
     inputs = pipeline.plan_inputs(spec)
-    pipeline.register(client, warm=(pipeline.warm_task(spec), inputs.pieces[0]))
+    pipeline.register(client)
+    pipeline.warm(client, pipeline.warm_task(spec), inputs.pieces[0])
     deadline = time.monotonic() + 120
     while not all(client.run(_ready).values()):
         assert time.monotonic() < deadline, "workers did not warm up in 120 s"
