@@ -3,6 +3,7 @@ and whether a rerun resumes: a full disk, a read-only output, a lost scheduler, 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import signal
@@ -49,38 +50,39 @@ def wait_for_parts(output, n=3, timeout=180):
         time.sleep(0.05)
 
 
-def test_disk_full_is_one_line_and_resumable(slow_job, tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A tmpfs mounted at ``path`` with ``options`` for the block (skips without root)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: needs root")
     try:
-        job = write_job(tmp_path, {**slow_job, "output": str(mnt / "out"), "workers": 1, "threads_per_worker": 1})
-        r = subprocess.run([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert r.returncode == 1, r.stdout + r.stderr
-        line = one_line_error(r.stderr)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def score_onto(tmp_path, slow_job, output) -> str:
+    """``dscore score`` of ``slow_job`` onto ``output``: it must fail, in one line; that line."""
+    job = write_job(tmp_path, {**slow_job, "output": str(output), "workers": 1, "threads_per_worker": 1})
+    r = subprocess.run([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    return one_line_error(r.stderr)
+
+
+def test_disk_full_is_one_line_and_resumable(slow_job, tmp_path):
+    with tmpfs(tmp_path / "small", "size=192k") as mnt:
+        line = score_onto(tmp_path, slow_job, mnt / "out")
         assert "No space left on device" in line and str(mnt / "out") in line and "rerun" in line and "resumes" in line
         assert not os.path.exists(mnt / "out" / "_SUCCESS")
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_read_only_output_is_one_line(slow_job, tmp_path):
     """Permission denied, as root sees it: a read-only file system (root passes mode bits)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
-        job = write_job(tmp_path, {**slow_job, "output": str(mnt / "out"), "workers": 1, "threads_per_worker": 1})
-        r = subprocess.run([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert r.returncode == 1, r.stdout + r.stderr
-        line = one_line_error(r.stderr)
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mnt:
+        line = score_onto(tmp_path, slow_job, mnt / "out")
         assert "Read-only file system" in line and str(mnt) in line and "rerun" in line
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_interrupted_exits_130_and_says_it_resumes(slow_job, tmp_path):
