@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import cloudpickle
 import psutil
 import pytest
 import yaml
@@ -28,7 +27,6 @@ from distributed import Client
 
 from dscore.pipeline import register
 
-from . import helpers
 from .helpers import page_faults_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +46,8 @@ def script_env(**extra: str) -> dict[str, str]:
     env["PATH"] = os.pathsep.join(
         [str(Path(sys.executable).parent), env.get("PATH", "")]
     )
+    # Its processes import this checkout: dscore, and the tests' helpers that tests submit.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     # The cluster must get its layout and TLS settings from the scripts, not from us.
     for var in (*LAYOUT_VARS, "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"):
         env.pop(var, None)
@@ -184,7 +184,6 @@ def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
         limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
         assert set(limits.values()) == {2**30}
         # dscore's plugin gives these nanny-started workers plain-process malloc thresholds.
-        cloudpickle.register_pickle_by_value(helpers)  # these workers cannot import tests/
         register(client)
         faults = client.gather([client.submit(page_faults_per_call, workers=[w], pure=False) for w in client.nthreads()])
         assert max(faults) < 100, faults
