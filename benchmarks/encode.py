@@ -201,11 +201,15 @@ def sweep(args) -> None:
         "+copy+hash": (Field("f", max_len=40), 1 << 20),
         "+lookup": (Field("f", max_len=40), 0),
     }
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}; one thread; {args.tokens:,} tokens a case, median of {args.repeat}; "
-          "ns per token of thread CPU time")
-    print(f"{'bytes':>5} {'tokens':<6} {'table':>9} {'kernels':<12}{'scan':>8}{'copy+hash':>11}{'lookup':>8}"
-          f"{'ns/token':>10}{'M tokens/s':>12}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+        f"{platform.python_version()}; one thread; {args.tokens:,} tokens a case, median of {args.repeat}; "
+        "ns per token of thread CPU time"
+    )
+    print(
+        f"{'bytes':>5} {'tokens':<6} {'table':>9} {'kernels':<12}{'scan':>8}{'copy+hash':>11}{'lookup':>8}"
+        f"{'ns/token':>10}{'M tokens/s':>12}"
+    )
     rng = np.random.default_rng(1)
     for length in args.lengths:
         for mixed in (False, True):
@@ -223,8 +227,10 @@ def sweep(args) -> None:
                                 times[i, s].append(secs / n * 1e9)
                 for i, impl in enumerate(impls):
                     scan, hashed, full = (float(np.median(times[i, s])) for s in steps)
-                    print(f"{length:>5} {'mixed' if mixed else 'ascii':<6} {size:>9,} {impl.label:<12}{scan:>8.1f}"
-                          f"{hashed - scan:>11.1f}{full - hashed:>8.1f}{full:>10.1f}{1e3 / full:>12.1f}")
+                    print(
+                        f"{length:>5} {'mixed' if mixed else 'ascii':<6} {size:>9,} {impl.label:<12}{scan:>8.1f}"
+                        f"{hashed - scan:>11.1f}{full - hashed:>8.1f}{full:>10.1f}{1e3 / full:>12.1f}"
+                    )
 
 
 def main():
@@ -236,8 +242,11 @@ def main():
     ap.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[5, 20, 40])
     ap.add_argument("--tables", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 200_000, 2_000_000])
     ap.add_argument("--tokens", type=int, default=1_000_000, help="tokens per sweep case")
-    ap.add_argument("--baseline", action="append", help="git revision whose CPU kernels to time beside this tree's "
-                    "(--sweep; may be given several times)")
+    ap.add_argument(
+        "--baseline",
+        action="append",
+        help="git revision whose CPU kernels to time beside this tree's (--sweep; may be given several times)",
+    )
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     if args.memory_child:
@@ -258,8 +267,10 @@ def main():
         secs, _ = timed(lambda: encode_table(table, [FIELD], vocab, buffers=buffers))
         s = stats["apps"]
         tokens = s.tokens
-        print(f"tokens {tokens:,} ({tokens / args.rows:.1f}/row), kept {s.kept:,}, OOV {s.oov / s.kept:.2%}, "
-              f"truncated rows {s.truncated / args.rows:.2%}")
+        print(
+            f"tokens {tokens:,} ({tokens / args.rows:.1f}/row), kept {s.kept:,}, OOV {s.oov / s.kept:.2%}, "
+            f"truncated rows {s.truncated / args.rows:.2%}"
+        )
 
         vt = vocab["apps"].column("token").combine_chunks()
         vi = vocab["apps"].column("index").to_numpy()
@@ -280,8 +291,10 @@ def main():
 
     d_rate = args.rows / secs
     a_rate = args.rows / a_secs
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, one thread")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, one thread"
+    )
     print("dscore reuses output buffers across partitions in a worker; fresh arrays add a page fault per 4 KiB.")
     print(f"{'method':<44}{'rows/s':>12}{'M tokens/s':>12}{'vs dscore':>11}")
     for name, rate in [
@@ -292,9 +305,11 @@ def main():
     ]:
         print(f"{name:<44}{rate:>12,.0f}{rate * tokens / args.rows / 1e6:>12.1f}{d_rate / rate:>10.1f}x")
     print(f"\n(a) agrees with dscore on {agree:.2%} of rows (pyarrow's utf8_lower is not Python's str.lower)")
-    print(f"peak extra memory of encode: {extra / 2**20:.0f} MiB; output arrays {out_bytes / 2**20:.0f} MiB, "
-          f"input partition {in_bytes / 2**20:.0f} MiB; bound {(out_bytes + in_bytes) / 2**20:.0f} MiB "
-          f"-> {'within' if extra <= out_bytes + in_bytes else 'OVER'}")
+    print(
+        f"peak extra memory of encode: {extra / 2**20:.0f} MiB; output arrays {out_bytes / 2**20:.0f} MiB, "
+        f"input partition {in_bytes / 2**20:.0f} MiB; bound {(out_bytes + in_bytes) / 2**20:.0f} MiB "
+        f"-> {'within' if extra <= out_bytes + in_bytes else 'OVER'}"
+    )
 
 
 if __name__ == "__main__":

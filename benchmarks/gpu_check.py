@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import glob
 import json
 import multiprocessing
@@ -129,10 +130,14 @@ def versions() -> dict:
     try:
         import torch
 
-        out["torch.cuda"] = f"{torch.cuda.is_available()} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+        out["torch.cuda"] = (
+            f"{torch.cuda.is_available()} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+        )
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
-            out["torch device 0"] = f"{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"
+            out["torch device 0"] = (
+                f"{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"
+            )
     except Exception as e:  # noqa: BLE001
         out["torch.cuda"] = f"error: {e}"
     try:
@@ -144,9 +149,12 @@ def versions() -> dict:
     except Exception as e:  # noqa: BLE001
         out["numba.cuda"] = f"error: {type(e).__name__}: {e}"
     try:
-        out["dscore commit"] = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip() or "?"
+        out["dscore commit"] = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "?"
+        )
     except (OSError, subprocess.SubprocessError):
         out["dscore commit"] = "?"
     return out
@@ -158,7 +166,9 @@ def _write_part(path: str, rows: int, seed: int, first_id: int) -> str:
 
     from dscore.demo import APPS, make_table, package_names
 
-    pq.write_table(make_table(rows, seed=seed, first_id=first_id, apps=package_names(APPS)), path, row_group_size=ROW_GROUP)
+    pq.write_table(
+        make_table(rows, seed=seed, first_id=first_id, apps=package_names(APPS)), path, row_group_size=ROW_GROUP
+    )
     return path
 
 
@@ -195,7 +205,9 @@ def prepare(workdir: str, rows: int) -> dict:
     with ProcessPoolExecutor(min(len(jobs), cores), mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_write_part, *zip(*jobs)))
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(data, "*.parquet")))
-    say(f"generated {rows:,} rows in {len(jobs)} files ({size / 2**30:.2f} GiB parquet) in {time.perf_counter() - t:.1f}s")
+    say(
+        f"generated {rows:,} rows in {len(jobs)} files ({size / 2**30:.2f} GiB parquet) in {time.perf_counter() - t:.1f}s"
+    )
     t = time.perf_counter()
     sample = os.path.join(workdir, "vocab-sample.parquet")
     pq.write_table(pq.read_table(jobs[0][0]).slice(0, VOCAB_SAMPLE_ROWS), sample)
@@ -323,7 +335,9 @@ def encode_speed(job: dict, devices: Devices, rows: int) -> dict:
             # warm-up on all rows: kernels compiled, tables uploaded, buffers and pinned staging grown
             encode_table(table, fields, vocab, buffers=buffers, device=dev)
             sync(sub)
-            secs, (_, stats) = _median_time(lambda: encode_table(table, fields, vocab, buffers=buffers, device=dev), sub)
+            secs, (_, stats) = _median_time(
+                functools.partial(encode_table, table, fields, vocab, buffers=buffers, device=dev), sub
+            )
             tokens = sum(s.tokens for s in stats.values())
             rate = table.num_rows / secs
             say(f"{case:<32}{dev:<8}{rate:>14,.0f}{tokens / secs / 1e6:>12.1f}"

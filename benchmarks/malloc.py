@@ -28,7 +28,9 @@ def in_workers(job, variants, plan, plugin: bool, seconds: float) -> float:
             register(c, 1)
         workers = list(c.scheduler_info()["workers"])
         futures = [
-            c.submit(b._modes_in_process, job, plan, b.MODEL_ONLY_ROWS, seconds, 1, variants, workers=workers, pure=False)
+            c.submit(
+                b._modes_in_process, job, plan, b.MODEL_ONLY_ROWS, seconds, 1, variants, workers=workers, pure=False
+            )
             for _ in range(2)
         ]
         return sum(r[0]["rows_per_s"] for r in c.gather(futures))
@@ -53,12 +55,16 @@ def main(argv=None) -> None:
         runs["workers, the nanny's malloc"].append(in_workers(job, variants, plan, False, args.seconds))
         runs["workers, dscore's malloc"].append(in_workers(job, variants, plan, True, args.seconds))
         layout = b.Layout(1, 2, 1)
-        runs["plain process"].append(b.run_model_modes(job, layout, plan, args.seconds, variants=variants, in_process=True)[0]["rows_per_s"])
+        runs["plain process"].append(
+            b.run_model_modes(job, layout, plan, args.seconds, variants=variants, in_process=True)[0]["rows_per_s"]
+        )
     print(f"machine: {b.machine()}; {name}, batch {args.batch}, 2 threads x 1 torch thread")
     base = statistics.median(runs["plain process"])
     for k, xs in runs.items():
         m = statistics.median(xs)
-        print(f"{k:<30} {m / 2:>10,.0f} rows/s per core  ({m / base:.2f}x the plain process)   runs {[round(x / 2) for x in xs]}")
+        print(
+            f"{k:<30} {m / 2:>10,.0f} rows/s per core  ({m / base:.2f}x the plain process)   runs {[round(x / 2) for x in xs]}"
+        )
 
 
 if __name__ == "__main__":

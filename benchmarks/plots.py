@@ -1,6 +1,6 @@
 """Plots for docs/benchmarks.md from `dscore bench --json` files.
 
-    python benchmarks/plots.py docs/bench-1m.json docs/bench-10m.json --out docs/
+python benchmarks/plots.py docs/bench-1m.json docs/bench-10m.json --out docs/
 """
 
 import argparse

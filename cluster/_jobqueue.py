@@ -49,9 +49,7 @@ def build_parser(system: System) -> argparse.ArgumentParser:
         ),
     )
     job = parser.add_argument_group("jobs")
-    job.add_argument(
-        "--jobs", type=positive_int, default=1, help="jobs to submit (default: 1)"
-    )
+    job.add_argument("--jobs", type=positive_int, default=1, help="jobs to submit (default: 1)")
     job.add_argument("--cores", type=positive_int, required=True, help="cores per job")
     job.add_argument(
         "--memory",
@@ -70,9 +68,7 @@ def build_parser(system: System) -> argparse.ArgumentParser:
     )
     job.add_argument("--queue", help="queue (partition) to submit to")
     job.add_argument("--account", help="account (project) to charge")
-    job.add_argument(
-        "--job-name", default="dscore-worker", help="(default: dscore-worker)"
-    )
+    job.add_argument("--job-name", default="dscore-worker", help="(default: dscore-worker)")
     job.add_argument(
         "--job-extra",
         action="append",
@@ -94,9 +90,7 @@ def build_parser(system: System) -> argparse.ArgumentParser:
         "--python",
         help=f"python on the compute nodes (default: this one, {sys.executable})",
     )
-    job.add_argument(
-        "--local-directory", help="node-local scratch directory for the workers"
-    )
+    job.add_argument("--local-directory", help="node-local scratch directory for the workers")
     job.add_argument("--log-directory", help="directory for the jobs' output files")
 
     net = parser.add_argument_group("network")
@@ -162,12 +156,7 @@ def cluster_kwargs(system: System, args: argparse.Namespace) -> dict:
         "local_directory": args.local_directory,
         "log_directory": args.log_directory,
     }
-    optional.update(
-        {
-            kw: getattr(args, flag.lstrip("-").replace("-", "_"))
-            for flag, kw, _ in system.extra_options
-        }
-    )
+    optional.update({kw: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, kw, _ in system.extra_options})
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     return kwargs
 
@@ -183,13 +172,9 @@ def main(system: System, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     processes = args.processes or args.cores
     if processes > args.cores:
-        parser.error(
-            f"--processes {processes} is more than --cores {args.cores}: each process needs a core"
-        )
+        parser.error(f"--processes {processes} is more than --cores {args.cores}: each process needs a core")
     if args.cores % processes:
-        info(
-            f"note: {args.cores} cores / {processes} processes leaves {args.cores % processes} core(s) idle per job"
-        )
+        info(f"note: {args.cores} cores / {processes} processes leaves {args.cores % processes} core(s) idle per job")
     try:
         import dask_jobqueue
     except ImportError as e:
@@ -202,9 +187,7 @@ def main(system: System, argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print(asyncio.run(_job_script(cluster_class, kwargs)), end="", flush=True)
-        info(
-            f"# --dry-run: {args.jobs} job(s) like this would be submitted, {processes} workers each"
-        )
+        info(f"# --dry-run: {args.jobs} job(s) like this would be submitted, {processes} workers each")
         return 0
 
     stop_on_signals()

@@ -71,8 +71,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--dashboard-address",
         default=DEFAULT_DASHBOARD_ADDRESS,
         metavar="HOST:PORT",
-        help=f"scheduler dashboard (default: {DEFAULT_DASHBOARD_ADDRESS}; reach it "
-        "through an SSH tunnel)",
+        help=f"scheduler dashboard (default: {DEFAULT_DASHBOARD_ADDRESS}; reach it through an SSH tunnel)",
     )
     parser.add_argument(
         "--scheduler-file",
@@ -106,18 +105,13 @@ def security(tls_dir: Path | None):
         name
         for name in (
             "ca.pem",
-            *(
-                f"{r}{s}"
-                for r in ("scheduler", "worker", "client")
-                for s in (".pem", "-key.pem")
-            ),
+            *(f"{r}{s}" for r in ("scheduler", "worker", "client") for s in (".pem", "-key.pem")),
         )
         if not (tls_dir / name).is_file()
     ]
     if missing:
         raise SystemExit(
-            f"error: --tls {tls_dir}: missing {', '.join(missing)}; "
-            f"create them with: python cluster/tls.py {tls_dir}"
+            f"error: --tls {tls_dir}: missing {', '.join(missing)}; create them with: python cluster/tls.py {tls_dir}"
         )
     return Security(
         tls_ca_file=str(tls_dir / "ca.pem"),
@@ -170,9 +164,7 @@ def serve(cluster, n_workers: int, timeout: float | None) -> int:
                     "--host): raise --timeout or lower --min-workers"
                 )
                 return 1
-        info(
-            f"{n_workers} workers up; dashboard: {cluster.dashboard_link}; Ctrl-C stops the cluster"
-        )
+        info(f"{n_workers} workers up; dashboard: {cluster.dashboard_link}; Ctrl-C stops the cluster")
         print(cluster.scheduler_address, flush=True)
         while cluster.status not in (Status.closing, Status.closed, Status.failed):
             time.sleep(1.0)

@@ -21,10 +21,7 @@ PBS = System(
         (
             "--resource-spec",
             "resource_spec",
-            (
-                "PBS -l resource request, e.g. 'select=1:ncpus=32:mem=128GB' "
-                "(default: built from --cores and --memory)"
-            ),
+            ("PBS -l resource request, e.g. 'select=1:ncpus=32:mem=128GB' (default: built from --cores and --memory)"),
         ),
     ),
 )

@@ -40,15 +40,11 @@ def read_hosts(path: Path) -> list[str]:
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
-        raise SystemExit(
-            f"ssh.py: error: cannot read hosts file {path}: {e.strerror}"
-        ) from e
+        raise SystemExit(f"ssh.py: error: cannot read hosts file {path}: {e.strerror}") from e
     hosts = [line.split("#", 1)[0].strip() for line in lines]
     hosts = [h for h in hosts if h]
     if not hosts:
-        raise SystemExit(
-            f"ssh.py: error: hosts file {path} lists no host; expected one host per line"
-        )
+        raise SystemExit(f"ssh.py: error: hosts file {path} lists no host; expected one host per line")
     return hosts
 
 
@@ -95,12 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"python on every host (default: this one, {sys.executable})",
     )
-    parser.add_argument(
-        "--username", help="SSH user (default: yours, or ~/.ssh/config's)"
-    )
-    parser.add_argument(
-        "--ssh-port", type=int, help="SSH port (default: 22, or ~/.ssh/config's)"
-    )
+    parser.add_argument("--username", help="SSH user (default: yours, or ~/.ssh/config's)")
+    parser.add_argument("--ssh-port", type=int, help="SSH port (default: 22, or ~/.ssh/config's)")
     parser.add_argument(
         "--identity",
         action="append",
@@ -111,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--known-hosts",
         metavar="FILE",
-        help="known_hosts file to verify hosts with, or 'none' to skip verification "
-        "(default: ~/.ssh/known_hosts)",
+        help="known_hosts file to verify hosts with, or 'none' to skip verification (default: ~/.ssh/known_hosts)",
     )
     add_common_args(parser)
     parser.add_argument(
@@ -136,9 +127,7 @@ def cluster_spec(args: argparse.Namespace) -> dict:
     if args.identity:
         connect_options["client_keys"] = [str(p) for p in args.identity]
     if args.known_hosts:
-        connect_options["known_hosts"] = (
-            None if args.known_hosts == "none" else args.known_hosts
-        )
+        connect_options["known_hosts"] = None if args.known_hosts == "none" else args.known_hosts
     worker_options = {
         "n_workers": args.workers_per_host,
         "nthreads": args.threads,
@@ -194,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     n_workers = (len(spec["hosts"]) - 1) * args.workers_per_host
 
     if args.dry_run:
-        print(
-            json.dumps(
-                {**spec, "tls": str(args.tls.resolve()) if args.tls else None}, indent=2
-            )
-        )
+        print(json.dumps({**spec, "tls": str(args.tls.resolve()) if args.tls else None}, indent=2))
         info(f"# --dry-run: {n_workers} workers would start")
         return 0
 
@@ -206,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         import asyncssh  # noqa: F401
     except ImportError as e:
         raise SystemExit(
-            "ssh.py: error: the asyncssh package is missing: pip install 'dscore[cluster]' "
-            "or conda install asyncssh"
+            "ssh.py: error: the asyncssh package is missing: pip install 'dscore[cluster]' or conda install asyncssh"
         ) from e
     import dask
     from distributed import SSHCluster
@@ -215,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     cluster = None
     with dask.config.set(tls_config(sec) if sec is not None else {}):
-        info(
-            f"starting the scheduler on {spec['hosts'][0]} and {n_workers} workers over SSH"
-        )
+        info(f"starting the scheduler on {spec['hosts'][0]} and {n_workers} workers over SSH")
         try:
             cluster = SSHCluster(**spec, security=sec)
             return serve(cluster, n_workers, args.timeout)

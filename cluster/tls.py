@@ -125,15 +125,11 @@ def make_certificates(hosts: list[str], days: int) -> dict[str, bytes]:
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(
-                x509.BasicConstraints(ca=False, path_length=None), critical=True
-            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             # Every party both accepts and opens connections (workers talk to each
             # other and to the scheduler; the scheduler calls workers back).
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
             .add_extension(_alt_names(hosts), critical=False)
@@ -185,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Create a CA and scheduler/worker/client certificates for a Dask cluster.",
         epilog="Use with: cluster/local.sh --tls DIR; clients: . DIR/client.env",
     )
-    parser.add_argument(
-        "directory", type=Path, metavar="DIR", help="where to write the files"
-    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="where to write the files")
     parser.add_argument(
         "--host",
         action="append",
@@ -196,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         help="host name or IP address to name in the certificates (repeatable); "
         "localhost and 127.0.0.1 are always named",
     )
-    parser.add_argument(
-        "--days", type=int, default=365, help="validity in days (default: 365)"
-    )
+    parser.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
     parser.add_argument("--force", action="store_true", help="replace existing files")
     args = parser.parse_args(argv)
     if args.days < 1:

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-
 @dataclass
 class Layout:
     workers: int
@@ -351,10 +350,10 @@ def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches
 
 
 def format_modes(rows: list) -> str:
-    base = next(
-        r["rows_per_s"] for r in rows if (r["variant"], r["mode"], r["batch"]) == ("torchscript", "none", 8192)
-    )
-    lines = [f"{'model':<12}{'mode':<8}{'batch':>7}{'rows/s':>11}{'vs TorchScript 8192':>21}{'max |diff|':>12}{'setup s':>9}"]
+    base = next(r["rows_per_s"] for r in rows if (r["variant"], r["mode"], r["batch"]) == ("torchscript", "none", 8192))
+    lines = [
+        f"{'model':<12}{'mode':<8}{'batch':>7}{'rows/s':>11}{'vs TorchScript 8192':>21}{'max |diff|':>12}{'setup s':>9}"
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['variant']:<12}{r['mode']:<8}{r['batch']:>7}  n/a: {r['error']}")
@@ -525,7 +524,10 @@ def format_end_to_end(res: dict) -> str:
     )
     lines.append(f"dscore workers' peak RSS: {res['dscore']['peak_rss'] / 2**20:,.0f} MiB")
     lines.append("task time per stage, seconds summed over workers (share):")
-    for name, run in (("before: batch 8192, optimize none", res["dscore_plain"]), (f"after: {res['execution']}", res["dscore"])):
+    for name, run in (
+        ("before: batch 8192, optimize none", res["dscore_plain"]),
+        (f"after: {res['execution']}", res["dscore"]),
+    ):
         report = run["report"] if isinstance(run["report"], dict) else run["report"].to_dict()
         stages = report["stages"]
         total = sum(stages.values()) or 1
@@ -656,7 +658,9 @@ def format_models(res: dict) -> str:
     if "plain_dask" in res:
         d = next(m["dscore"]["rows_per_s"] for m in res["models"] if m["variant"] == "masked_mean torchscript")
         p = res["plain_dask"]["rows_per_s"]
-        lines.append(f"plain Dask map_partitions + pandas, masked_mean torchscript: {p:,.0f} rows/s; dscore {d / p:.2f}x it")
+        lines.append(
+            f"plain Dask map_partitions + pandas, masked_mean torchscript: {p:,.0f} rows/s; dscore {d / p:.2f}x it"
+        )
     return "\n".join(lines)
 
 

@@ -20,7 +20,18 @@ EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
-QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "urllib3", "aiohttp", "gcsfs", "adlfs", "azure")
+QUIET_LOGGERS = (
+    "botocore",
+    "aiobotocore",
+    "boto3",
+    "s3transfer",
+    "s3fs",
+    "urllib3",
+    "aiohttp",
+    "gcsfs",
+    "adlfs",
+    "azure",
+)
 
 
 def _fail(e) -> None:
@@ -64,7 +75,12 @@ def main(verbose: int) -> None:
         # the traceback of a bug); the worker's own "Compute Failed" record repeats it
         # with the worker's traceback, and a nanny closing a busy worker at the end of
         # a failed job is no news. -v shows them.
-        for name in ("distributed.worker", "distributed.nanny", "distributed.worker.state_machine", "distributed.client"):
+        for name in (
+            "distributed.worker",
+            "distributed.nanny",
+            "distributed.worker.state_machine",
+            "distributed.client",
+        ):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # and in local workers: pipeline.connect
     # The object-store clients' debug logs print request headers, access key ids
     # included: -vv is dscore's and distributed's debug output, not theirs.
@@ -72,15 +88,23 @@ def main(verbose: int) -> None:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
-_SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a job key, e.g. model.batch_size=4096.")
-_SCHED = click.option("--scheduler", metavar="ADDR", help="Scheduler address (tcp://host:8786); overrides the job's cluster.")
+_SET = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a job key, e.g. model.batch_size=4096."
+)
+_SCHED = click.option(
+    "--scheduler", metavar="ADDR", help="Scheduler address (tcp://host:8786); overrides the job's cluster."
+)
 
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @_SCHED
 @_SET
-@click.option("--overwrite", is_flag=True, help="Discard an earlier run's output (only files dscore wrote) instead of resuming it.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Discard an earlier run's output (only files dscore wrote) instead of resuming it.",
+)
 @click.option("--break-lock", is_flag=True, help="Take the output's lease from a run that is gone (see _lock.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def score(job, scheduler, sets, overwrite, break_lock, no_progress):
@@ -135,7 +159,9 @@ def vocab(job, scheduler, sets, min_count, max_size):
 
 
 @main.command()
-@click.option("--rows", type=click.IntRange(min=1000), default=200_000, show_default=True, help="Rows to generate and score.")
+@click.option(
+    "--rows", type=click.IntRange(min=1000), default=200_000, show_default=True, help="Rows to generate and score."
+)
 @click.option("--workdir", type=click.Path(file_okay=False), default="dscore-example", show_default=True)
 def example(rows, workdir):
     """The whole path on synthetic data: generate, fit the vocabulary, train, score."""
@@ -193,14 +219,47 @@ def _layouts(text: str):
 
 @main.command()
 @click.option("--rows", type=click.IntRange(min=10_000), default=1_000_000, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Where the demo data goes (default: a temp dir per row count; reused).")
-@click.option("--layout", default="", help="WORKERSxTHREADSxTORCH_THREADS of the main run (default: the LocalCluster default).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the demo data goes (default: a temp dir per row count; reused).",
+)
+@click.option(
+    "--layout", default="", help="WORKERSxTHREADSxTORCH_THREADS of the main run (default: the LocalCluster default)."
+)
 @click.option("--model-only", is_flag=True, help="Only the model: rows/s per execution mode and batch size.")
-@click.option("--models", "zoo", is_flag=True, help="The model shapes users bring (dscore.zoo), each as TorchScript and eager: alone in one process and in the workers, end to end, against the serial ceiling.")
-@click.option("--seconds", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="With --models: seconds per batch-size candidate (the model-alone figures run 3x as long).")
-@click.option("--only", default="", metavar="NAMES", help="With --models: only these dscore.zoo models (comma-separated, e.g. masked_mean).")
-@click.option("--sweep-layouts", default="2x1x1,1x2x1,1x1x2", show_default=True, help="Layouts to compare end to end ('' for none).")
-@click.option("--sweep-batches", default="1024,4096,8192", show_default=True, help="Fixed batch sizes to compare with auto ('' for none).")
+@click.option(
+    "--models",
+    "zoo",
+    is_flag=True,
+    help="The model shapes users bring (dscore.zoo), each as TorchScript and eager: alone in one process and in the workers, end to end, against the serial ceiling.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="With --models: seconds per batch-size candidate (the model-alone figures run 3x as long).",
+)
+@click.option(
+    "--only",
+    default="",
+    metavar="NAMES",
+    help="With --models: only these dscore.zoo models (comma-separated, e.g. masked_mean).",
+)
+@click.option(
+    "--sweep-layouts",
+    default="2x1x1,1x2x1,1x1x2",
+    show_default=True,
+    help="Layouts to compare end to end ('' for none).",
+)
+@click.option(
+    "--sweep-batches",
+    default="1024,4096,8192",
+    show_default=True,
+    help="Fixed batch sizes to compare with auto ('' for none).",
+)
 @click.option("--no-baselines", is_flag=True, help="Skip the plain-Dask and single-process baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, sweep_batches, no_baselines, json_path):

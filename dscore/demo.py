@@ -18,7 +18,64 @@ from .spec import Field
 
 _TLDS = np.array(["com", "org", "net", "io", "app", "co"])
 _WORDS = np.array(
-    ["acme", "blue", "bolt", "cloud", "core", "data", "delta", "echo", "fast", "fire", "flow", "fox", "game", "go", "happy", "hyper", "jet", "joy", "kite", "lab", "leaf", "line", "link", "lite", "luna", "map", "max", "mint", "moon", "nova", "omni", "pix", "play", "pulse", "quick", "ray", "red", "rock", "sky", "snap", "solar", "spark", "star", "sun", "swift", "tap", "tiny", "top", "trip", "vast", "wave", "web", "wild", "wise", "zen", "zip"]
+    [
+        "acme",
+        "blue",
+        "bolt",
+        "cloud",
+        "core",
+        "data",
+        "delta",
+        "echo",
+        "fast",
+        "fire",
+        "flow",
+        "fox",
+        "game",
+        "go",
+        "happy",
+        "hyper",
+        "jet",
+        "joy",
+        "kite",
+        "lab",
+        "leaf",
+        "line",
+        "link",
+        "lite",
+        "luna",
+        "map",
+        "max",
+        "mint",
+        "moon",
+        "nova",
+        "omni",
+        "pix",
+        "play",
+        "pulse",
+        "quick",
+        "ray",
+        "red",
+        "rock",
+        "sky",
+        "snap",
+        "solar",
+        "spark",
+        "star",
+        "sun",
+        "swift",
+        "tap",
+        "tiny",
+        "top",
+        "trip",
+        "vast",
+        "wave",
+        "web",
+        "wild",
+        "wise",
+        "zen",
+        "zip",
+    ]
 )
 
 
@@ -53,9 +110,7 @@ def _delimited(rng, rows, vocab, mean_tokens, oov_rate, messy_rate, null_rate, s
     oov = rng.random(total) < oov_rate
     token_ids = np.where(oov, rng.integers(0, len(unseen), total), ids)
     variant[oov] = 3
-    pool = pa.concat_arrays(
-        [vocab, pc.utf8_upper(vocab), pc.binary_join_element_wise(" ", vocab, " ", ""), unseen]
-    )
+    pool = pa.concat_arrays([vocab, pc.utf8_upper(vocab), pc.binary_join_element_wise(" ", vocab, " ", ""), unseen])
     starts = np.array([0, n, 2 * n, 3 * n])
     flat = pool.take(pa.array(starts[variant] + token_ids))
     offsets = np.zeros(rows + 1, dtype=np.int32)

@@ -338,9 +338,7 @@ def check_fields(fields: Sequence[Field]) -> None:
 def _column(table: pa.Table, field: Field) -> pa.ChunkedArray:
     names = table.schema.names
     if field.column not in names:
-        raise ValueError(
-            f"field {field.name!r}: column {field.column!r} is not in the input; columns are {names}"
-        )
+        raise ValueError(f"field {field.name!r}: column {field.column!r} is not in the input; columns are {names}")
     col = table.column(field.column)
     return col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
 
@@ -551,4 +549,3 @@ __all__ = [
     "FieldStats", "InvalidUTF8Error", "check_field_type", "check_fields", "encode", "encode_table",
     "resolve_encode_device", "tokenize",
 ]  # fmt: skip
-

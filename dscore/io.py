@@ -529,7 +529,10 @@ def check_file_columns(piece: Piece, names: Sequence[str], columns: Sequence[str
     both = [c for c in columns if c in parts and c in names]
     if both:
         raise InputError(
-            piece.url, rgs, both[0], f"is a column of the file and a hive directory ({both[0]}=...) above it; rename one"
+            piece.url,
+            rgs,
+            both[0],
+            f"is a column of the file and a hive directory ({both[0]}=...) above it; rename one",
         )
 
 
@@ -552,7 +555,9 @@ def read_schema(fs, file: InputFile, columns: Sequence[str] = (), reading: Readi
             with fs.open(file.path, "rb") as f:
                 schema = pacsv.open_csv(f, **reading.csv_options(columns)).schema
         except Exception as e:
-            raise InputError(full_url(fs, file.path), None, None, f"not a readable CSV file: {type(e).__name__}: {e}") from e
+            raise InputError(
+                full_url(fs, file.path), None, None, f"not a readable CSV file: {type(e).__name__}: {e}"
+            ) from e
     else:
         schema = _parquet_footer(fs, file.path).schema.to_arrow_schema()
     for key, _ in file.partitions:

@@ -8,10 +8,10 @@ and is refused unless the job sets ``model.trust_model: true``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io as _io
-import contextlib
 import logging
 import os
 import threading
@@ -136,7 +136,9 @@ def load_module(spec: ModelSpec, device: str, storage_options: dict | None = Non
             module = _factory(spec)
             state = torch.load(buf, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
-                raise ModelError(f"{spec.path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+                raise ModelError(
+                    f"{spec.path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}"
+                )
             module.load_state_dict(state)
             module = module.to(device)
         else:  # a pickled nn.Module
@@ -253,7 +255,9 @@ class Model:
                 "their max_len, and model.call (positional or keyword)"
             ) from e
         if largest:
-            top = {n: np.full((1, self.max_lens[n]), largest.get(n, PROBE_INDEX), dtype=np.int32) for n in self.field_names}
+            top = {
+                n: np.full((1, self.max_lens[n]), largest.get(n, PROBE_INDEX), dtype=np.int32) for n in self.field_names
+            }
             try:
                 self._forward(top)
             except Exception as e:

@@ -163,7 +163,13 @@ def prepare(model, arrays: dict, rows_hint: int | None = None) -> dict:
         log.log(level, "model.optimize %s: %s%s", wanted, "using it; " if ok else "plain instead: ", why)
         info["optimize_note"] = why
     info.update(batch_size=model.batch_size, mode=model.mode, plain_rows_per_s=round(plain_rate))
-    log.info("model %s: batch %d, mode %s (%s rows/s plain)", model.spec.path, model.batch_size, model.mode, f"{plain_rate:,.0f}")
+    log.info(
+        "model %s: batch %d, mode %s (%s rows/s plain)",
+        model.spec.path,
+        model.batch_size,
+        model.mode,
+        f"{plain_rate:,.0f}",
+    )
     return info
 
 

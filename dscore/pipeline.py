@@ -32,9 +32,9 @@ import pyarrow as pa
 
 from . import io
 from .encoding import FieldStats, InvalidUTF8Error, check_field_type, check_fields, encode_table
+from .lease import Lease
 from .model import Model, ModelError
 from .model import fingerprint as model_fingerprint
-from .lease import Lease
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, JobError, Output, check_apart
 from .spec import ENCODE_DEVICES, Field, JobSpec, ModelSpec, SpecError
 from .worker import DscorePlugin, host_cores, peak_rss, relieve_memory, runtime, torch_threads_per_host
@@ -152,7 +152,12 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
             raise RuntimeError(f"{piece.describe()}: read {rows} rows, its metadata says {piece.rows}")
 
     out = Output(output_url, task.storage_options)
-    record = {"index": piece.index, "file": out.part_name(piece.index), "job": task.job_token, "input": piece.identity()}
+    record = {
+        "index": piece.index,
+        "file": out.part_name(piece.index),
+        "job": task.job_token,
+        "input": piece.identity(),
+    }
     try:
         out.write_part(
             piece.index, scored_slices(), lambda: _record(record, rows, stats, execution, seconds), job=task.job_token
@@ -267,7 +272,9 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
     model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
     model.probe(largest_indices(job.fields, vocab))
     task = dataclasses.replace(
-        warm_task(job), model_fp=model_fp, vocab_fp=vocab.fingerprint() if vocab is not None else None,
+        warm_task(job),
+        model_fp=model_fp,
+        vocab_fp=vocab.fingerprint() if vocab is not None else None,
         id_types=inputs.id_types,
     )
     pieces = inputs.pieces
@@ -365,7 +372,13 @@ CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
 
 @contextmanager
 def connect(
-    cluster: str = "local", client=None, *, workers=None, threads_per_worker=None, memory_limit="auto", resources=None,
+    cluster: str = "local",
+    client=None,
+    *,
+    workers=None,
+    threads_per_worker=None,
+    memory_limit="auto",
+    resources=None,
     announce=True,
 ):
     """A ``distributed.Client``: the given one, a new LocalCluster, a LocalCUDACluster
@@ -385,10 +398,17 @@ def connect(
     if cluster == "local":
         n = workers or DEFAULT_LAYOUT["workers"](host_cores())
         t = threads_per_worker or (DEFAULT_LAYOUT["threads_per_worker"](host_cores()) if not workers else 1)
-        with LocalCluster(
-            n_workers=n, threads_per_worker=t, processes=True, memory_limit=memory_limit, dashboard_address=":0",
-            resources=resources,
-        ) as lc, _closing(Client(lc)) as c:
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=t,
+                processes=True,
+                memory_limit=memory_limit,
+                dashboard_address=":0",
+                resources=resources,
+            ) as lc,
+            _closing(Client(lc)) as c,
+        ):
             c.run(_set_log_levels, _log_levels(), on_error="ignore")
             if announce:
                 announce_cluster(c)
@@ -594,7 +614,10 @@ class Report:
             rates = json.loads(tuning)
             lines.append(
                 "    tuned on a worker, rows/s: "
-                + ", ".join(f"batch {b} {r:,}" for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0])))
+                + ", ".join(
+                    f"batch {b} {r:,}"
+                    for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0]))
+                )
                 + "".join(f"; {m} {r:,}" for m, r in rates.get("mode_rates", {}).items())
             )
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
@@ -633,7 +656,9 @@ def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dic
             )
         return {}
     changed = [
-        f"{what} ({_differs(old.get(key), header.get(key))})" for what, key in RESUME_KEYS if old.get(key) != header.get(key)
+        f"{what} ({_differs(old.get(key), header.get(key))})"
+        for what, key in RESUME_KEYS
+        if old.get(key) != header.get(key)
     ]
     if changed:
         raise JobError(
@@ -895,7 +920,9 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease=
             stages[k] += v
     complete = not quarantined and not missing and (rows_out == rows_in or any(p.rows is None for p in plan.pieces))
     if quarantined:
-        out.write_json(QUARANTINE, [{"partition": q["index"], "input": q["input"], "error": q["error"]} for q in quarantined])
+        out.write_json(
+            QUARANTINE, [{"partition": q["index"], "input": q["input"], "error": q["error"]} for q in quarantined]
+        )
     if complete:
         records = _check_output(out, plan, lease)
         out.write_json(MANIFEST, {**plan.header, "partitions": [records[i] for i in sorted(records)]})
@@ -928,8 +955,13 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease=
             "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
             # per worker process, what autotuning measured (rows/s by batch size and mode)
             "tuning": sorted(
-                {json.dumps({k: r["model"][k] for k in ("batch_rates", "mode_rates") if k in r["model"]}, sort_keys=True)
-                 for r in this_run} - {"{}"}
+                {
+                    json.dumps(
+                        {k: r["model"][k] for k in ("batch_rates", "mode_rates") if k in r["model"]}, sort_keys=True
+                    )
+                    for r in this_run
+                }
+                - {"{}"}
             ),  # fmt: skip
         },
         cluster=label,
@@ -981,7 +1013,9 @@ class Progress:
             return
         frac = self.done / self.total
         rate = self.rows / max(time.perf_counter() - self.start, 1e-9)
-        line = f"[{'#' * int(30 * frac):<30}] {self.done}/{self.total} partitions, {self.rows:,} rows, {rate:,.0f} rows/s"
+        line = (
+            f"[{'#' * int(30 * frac):<30}] {self.done}/{self.total} partitions, {self.rows:,} rows, {rate:,.0f} rows/s"
+        )
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif int(frac * 10) > self._last_decile:

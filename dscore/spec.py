@@ -128,7 +128,11 @@ class Field:
         d = dataclasses.asdict(self)
         if compact:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            d = {k: v for k, v in d.items() if k == "name" or v != defaults.get(k) and not (k == "column" and v == self.name)}
+            d = {
+                k: v
+                for k, v in d.items()
+                if k == "name" or v != defaults.get(k) and not (k == "column" and v == self.name)
+            }
         return d
 
 
@@ -482,8 +486,9 @@ class JobSpec:
     def from_dict(cls, data, source: str = "<dict>") -> JobSpec:
         """Validate a job mapping; every error is one line naming the key."""
         if not isinstance(data, dict):
-            raise SpecError(f"{source}: a job is a mapping of keys (input, output, fields, model, ...), "
-                            f"got {_describe(data)}")
+            raise SpecError(
+                f"{source}: a job is a mapping of keys (input, output, fields, model, ...), got {_describe(data)}"
+            )
         try:
             unknown = [k for k in data if k not in cls.CHECKS]
             if unknown:
@@ -499,9 +504,7 @@ class JobSpec:
             dup = next((n for n in names if names.count(n) > 1), None)
             if dup:
                 raise SpecError(f"fields: field {dup!r} is given twice; names must be unique")
-            values = {
-                k: check(k, data[k]) for k, check in cls.CHECKS.items() if check is not None and k in data
-            }
+            values = {k: check(k, data[k]) for k, check in cls.CHECKS.items() if check is not None and k in data}
             job = cls(fields=fields, model=ModelSpec.from_dict(data["model"]), source=source, **values)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
@@ -529,11 +532,7 @@ class JobSpec:
         """The job as a mapping (``from_dict`` reads it back). ``redact`` hides the
         credentials in ``storage_options`` (see ``redact_secrets``): use it for every copy
         that is written to a file or printed."""
-        d = {
-            k: getattr(self, k)
-            for k in self.CHECKS
-            if k not in ("fields", "model")
-        }
+        d = {k: getattr(self, k) for k in self.CHECKS if k not in ("fields", "model")}
         if redact:
             d["storage_options"] = redact_secrets(self.storage_options)
         d["input"] = list(self.input)

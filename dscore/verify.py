@@ -248,7 +248,16 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
         return model.predict(arrays)
 
 
-def verify(job, *, n: int = 100_000, seed: int = 0, tolerance: float = 1e-5, against: str | None = None, client=None, **overrides) -> dict:
+def verify(
+    job,
+    *,
+    n: int = 100_000,
+    seed: int = 0,
+    tolerance: float = 1e-5,
+    against: str | None = None,
+    client=None,
+    **overrides,
+) -> dict:
     """Run the check; return ``{"table": ..., "passed": bool, ...}`` (see the module docstring).
 
     ``against="fp32"`` compares the job's precision with fp32 instead: the pipeline's

@@ -152,8 +152,10 @@ class Vocabulary:
         return f"Vocabulary({sizes}; source={self.source!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocabulary) and self._tables.keys() == other._tables.keys() and all(
-            self._tables[n].equals(other._tables[n]) for n in self._tables
+        return (
+            isinstance(other, Vocabulary)
+            and self._tables.keys() == other._tables.keys()
+            and all(self._tables[n].equals(other._tables[n]) for n in self._tables)
         )
 
     def fingerprint(self) -> str:
@@ -161,7 +163,9 @@ class Vocabulary:
         h = hashlib.sha256()
         for name in self.names:
             tokens = self._tables[name].column("token").combine_chunks()
-            offsets = np.frombuffer(tokens.buffers()[1], dtype=np.int32)[tokens.offset : tokens.offset + len(tokens) + 1]
+            offsets = np.frombuffer(tokens.buffers()[1], dtype=np.int32)[
+                tokens.offset : tokens.offset + len(tokens) + 1
+            ]
             data = tokens.buffers()[2]
             h.update(name.encode() + b"\0")
             h.update(np.diff(offsets).astype(np.int64).tobytes())  # lengths, tokens and their order

@@ -197,7 +197,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 def _libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # glibc only (not musl, not macOS)
+        _ = libc.mallopt, libc.malloc_trim  # glibc only (not musl, not macOS)
         return libc
     except (OSError, AttributeError):
         return None
@@ -277,9 +277,13 @@ def _head(task, piece, rows: int):
     fs, path = io.url_to_fs(piece.url, task.storage_options)
     with fs.open(path, "rb") as f:  # not pre-buffered: that reads the whole row group (io.iter_piece)
         pf = pq.ParquetFile(f, buffer_size=io.STREAM_BUFFER, pre_buffer=False)
-        batches = pf.iter_batches(batch_size=rows, columns=io.in_file_columns(piece, task.columns), row_groups=[piece.rg_start])
+        batches = pf.iter_batches(
+            batch_size=rows, columns=io.in_file_columns(piece, task.columns), row_groups=[piece.rg_start]
+        )
         batch = next(batches, None)
-    return None if batch is None else io.with_partitions(pa.Table.from_batches([batch]), piece, task.columns, task.reading)
+    return (
+        None if batch is None else io.with_partitions(pa.Table.from_batches([batch]), piece, task.columns, task.reading)
+    )
 
 
 def _in_dask_worker() -> bool:

@@ -66,7 +66,12 @@ class BagMean(nn.Module):
     def forward(self, device_name, device_model, apps, campaigns):
         # A 2-D input is one bag per row; padding_idx entries are left out of the mean.
         x = torch.cat(
-            [self.device_name(device_name), self.device_model(device_model), self.apps(apps), self.campaigns(campaigns)],
+            [
+                self.device_name(device_name),
+                self.device_model(device_model),
+                self.apps(apps),
+                self.campaigns(campaigns),
+            ],
             dim=1,
         )
         return torch.sigmoid(self.mlp(x)).squeeze(-1)

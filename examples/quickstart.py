@@ -1,13 +1,12 @@
 """The quickstart through the Python API: demo data, vocabulary, model, scoring.
 
-    python examples/quickstart.py [--rows 200000] [--workdir dscore-example]
+python examples/quickstart.py [--rows 200000] [--workdir dscore-example]
 """
 
 import argparse
 
 import dscore
 from dscore.demo import build_example
-
 
 
 def main():

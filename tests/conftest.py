@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -71,7 +70,9 @@ def many(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("many")
     apps = package_names(5000)
     for i in range(24):
-        pq.write_table(make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100)
+        pq.write_table(
+            make_table(400, seed=100 + i, first_id=400 * i, apps=apps), root / f"f{i:02d}.parquet", row_group_size=100
+        )
     job = {**demo["job"], "input": str(root / "f*.parquet"), "partition_rows": 200}
     return {"root": root, "job": job, "rows": 24 * 400, "partitions": 48}
 

@@ -26,7 +26,9 @@ def reference_scores(demo, paths=None, fields=FIELDS):
     paths = paths or sorted(glob.glob(demo["data"]))
     table = pa.concat_tables(pq.read_table(p) for p in paths)
     mapping = {
-        f.name: dict(zip(demo["vocab"][f.name].column("token").to_pylist(), demo["vocab"][f.name].column("index").to_pylist()))
+        f.name: dict(
+            zip(demo["vocab"][f.name].column("token").to_pylist(), demo["vocab"][f.name].column("index").to_pylist())
+        )
         for f in fields
     }
     inputs = [

@@ -23,7 +23,9 @@ def job(tmp_path_factory):
 
 def test_pieces_of_the_benchmark(job):
     layout = bench.Layout(1, 2, 1)
-    rows = bench.run_model_modes(job, layout, [("torchscript", "none", 1024), ("torchscript", "freeze", 1024), ("eager", "none", 1024)], 0.1)
+    rows = bench.run_model_modes(
+        job, layout, [("torchscript", "none", 1024), ("torchscript", "freeze", 1024), ("eager", "none", 1024)], 0.1
+    )
     assert [r["mode"] for r in rows] == ["none", "freeze", "none"]
     assert all(r["rows_per_s"] > 0 and r["max_diff"] <= 1e-6 for r in rows)  # eager == TorchScript
     assert "vs TorchScript 8192" in bench.format_modes([*rows, {**rows[0], "batch": 8192}])

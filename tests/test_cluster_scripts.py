@@ -43,9 +43,7 @@ LAYOUT_VARS = (
 def script_env(**extra: str) -> dict[str, str]:
     """This environment, with this interpreter's `dask` first on PATH."""
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join(
-        [str(Path(sys.executable).parent), env.get("PATH", "")]
-    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Its processes import this checkout: dscore, and the tests' helpers that tests submit.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     # The cluster must get its layout and TLS settings from the scripts, not from us.
@@ -178,14 +176,14 @@ def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
         assert sum(client.gather(client.map(abs, range(-20, 0)))) == 210
         layouts = worker_layout(client)
         assert len(layouts) == 2
-        assert all(
-            layout == dict.fromkeys(LAYOUT_VARS, "3") for layout in layouts.values()
-        )
+        assert all(layout == dict.fromkeys(LAYOUT_VARS, "3") for layout in layouts.values())
         limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
         assert set(limits.values()) == {2**30}
         # dscore's plugin gives these nanny-started workers plain-process malloc thresholds.
         register(client)
-        faults = client.gather([client.submit(page_faults_per_call, workers=[w], pure=False) for w in client.nthreads()])
+        faults = client.gather(
+            [client.submit(page_faults_per_call, workers=[w], pure=False) for w in client.nthreads()]
+        )
         assert max(faults) < 100, faults
 
     # The nannies' worker processes are children, not in the pid files: collect them too.
@@ -199,9 +197,7 @@ def test_local_sh_starts_workers_with_the_layout_and_stops_them(start_local):
 
 @pytest.mark.cluster
 @pytest.mark.timeout(60)
-def test_local_sh_tls_admits_only_clients_with_the_cluster_certificates(
-    start_local, tmp_path
-):
+def test_local_sh_tls_admits_only_clients_with_the_cluster_certificates(start_local, tmp_path):
     certs, stranger = tmp_path / "certs", tmp_path / "stranger"
     for directory in (certs, stranger):
         made = run([sys.executable, CLUSTER / "tls.py", directory])
@@ -318,9 +314,7 @@ def test_dscore_score_on_a_tls_cluster(start_local, tmp_path, demo):
     )
     assert refused.returncode == 1, refused.stderr
     assert time.monotonic() - start < 45
-    assert refused.stderr.startswith(
-        f"dscore: error: cannot connect to the scheduler at {address}"
-    )
+    assert refused.stderr.startswith(f"dscore: error: cannot connect to the scheduler at {address}")
     assert "client.env" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "out2" / "_SUCCESS").exists()
 
@@ -337,9 +331,7 @@ def test_tls_py_refuses_to_overwrite(tmp_path):
     again = run([sys.executable, CLUSTER / "tls.py", tmp_path])
     assert again.returncode != 0
     assert "pass --force" in again.stderr
-    assert (
-        run([sys.executable, CLUSTER / "tls.py", tmp_path, "--force"]).returncode == 0
-    )
+    assert run([sys.executable, CLUSTER / "tls.py", tmp_path, "--force"]).returncode == 0
 
 
 def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
@@ -348,13 +340,9 @@ def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
     assert "--workers must be an integer >= 1, got '0'" in bad.stderr
     unknown = run([CLUSTER / "local.sh", "--wrokers", "2"])
     assert "unknown argument '--wrokers'" in unknown.stderr
-    no_certs = run(
-        [CLUSTER / "local.sh", "--rundir", tmp_path / "run", "--tls", tmp_path]
-    )
+    no_certs = run([CLUSTER / "local.sh", "--rundir", tmp_path / "run", "--tls", tmp_path])
     assert no_certs.returncode != 0
-    assert (
-        "ca.pem is missing" in no_certs.stderr and "cluster/tls.py" in no_certs.stderr
-    )
+    assert "ca.pem is missing" in no_certs.stderr and "cluster/tls.py" in no_certs.stderr
     assert not (tmp_path / "run").exists()  # checked before anything starts
 
 
@@ -365,17 +353,13 @@ def test_local_sh_rejects_bad_options_and_missing_certificates(tmp_path):
 def test_every_script_has_a_usage_message(script):
     path = CLUSTER / script
     assert os.access(path, os.X_OK), f"{script} is not executable"
-    args = (
-        [path, "--help"] if script.endswith(".sh") else [sys.executable, path, "--help"]
-    )
+    args = [path, "--help"] if script.endswith(".sh") else [sys.executable, path, "--help"]
     usage = run(args)
     assert usage.returncode == 0, usage.stderr
     assert "usage" in usage.stdout.lower()
 
 
-@pytest.mark.skipif(
-    shutil.which("shellcheck") is None, reason="shellcheck is not installed"
-)
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shell_scripts_pass_shellcheck():
     scripts = sorted(CLUSTER.glob("*.sh"))
     checked = run(["shellcheck", "-x", *scripts], cwd=ROOT)
@@ -392,9 +376,7 @@ def fake_commands(directory: Path, **scripts: str) -> Path:
 
 
 def test_gpu_sh_explains_a_missing_dask_cuda(tmp_path):
-    bin_dir = fake_commands(
-        tmp_path / "bin", dask="[[ $1 == cuda ]] && exit 2\nexit 0\n"
-    )
+    bin_dir = fake_commands(tmp_path / "bin", dask="[[ $1 == cuda ]] && exit 2\nexit 0\n")
     proc = run([CLUSTER / "gpu.sh"], env=script_env(DASK=str(bin_dir / "dask")))
     assert proc.returncode != 0
     assert "dask-cuda is not installed" in proc.stderr
@@ -402,9 +384,7 @@ def test_gpu_sh_explains_a_missing_dask_cuda(tmp_path):
 
 
 def test_gpu_sh_explains_missing_gpus(tmp_path):
-    bin_dir = fake_commands(
-        tmp_path / "bin", dask="exit 0\n", **{"nvidia-smi": "exit 0\n"}
-    )
+    bin_dir = fake_commands(tmp_path / "bin", dask="exit 0\n", **{"nvidia-smi": "exit 0\n"})
     env = script_env(DASK=str(bin_dir / "dask"))
     env["PATH"] = os.pathsep.join([str(bin_dir), env["PATH"]])
     proc = run([CLUSTER / "gpu.sh"], env=env)
@@ -550,16 +530,12 @@ def test_slurm_py_serves_workers_from_jobs_until_interrupted(tmp_path):
     job_pids: list[int] = []
     try:
         address = read_line(launcher.stdout, timeout=60).strip()
-        assert address.startswith("tcp://127.0.0.1:"), (
-            tmp_path / "launcher.log"
-        ).read_text()
+        assert address.startswith("tcp://127.0.0.1:"), (tmp_path / "launcher.log").read_text()
         assert json.loads(scheduler_file.read_text())["address"] == address
         with Client(address, timeout=10) as client:
             assert list(client.nthreads().values()) == [2]
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
-            assert list(worker_layout(client).values()) == [
-                dict.fromkeys(LAYOUT_VARS, "2")
-            ]
+            assert list(worker_layout(client).values()) == [dict.fromkeys(LAYOUT_VARS, "2")]
 
         job_pids = pidfile_pids(jobs)
         assert len(job_pids) == 1
@@ -673,10 +649,7 @@ def test_daskjob_manifest_scores_against_its_ephemeral_cluster():
     pod = job["spec"]["job"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (runner,) = pod["containers"]
-    assert (
-        runner["image"]
-        == job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"][0]["image"]
-    )
+    assert runner["image"] == job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"][0]["image"]
     command = runner.get("command", []) + runner["args"]
     assert command[:3] == ["dscore", "score", "/config/job.yaml"]
     assert command[command.index("--scheduler") + 1] == "$(DASK_SCHEDULER_ADDRESS)"
@@ -743,9 +716,7 @@ def test_environment_yml_covers_the_package_dependencies():
     for line in pyproject[start : pyproject.index("]", start)].splitlines()[1:]:
         requirement = line.strip().strip('",')
         name = requirement.split("[")[0].split(">")[0].split("=")[0].split("<")[0]
-        assert names.get(name, name) in deps, (
-            f"{name} from pyproject.toml is missing in environment.yml"
-        )
+        assert names.get(name, name) in deps, f"{name} from pyproject.toml is missing in environment.yml"
 
 
 def test_environment_gpu_yml_differs_only_by_the_gpu_packages():
@@ -754,6 +725,4 @@ def test_environment_gpu_yml_differs_only_by_the_gpu_packages():
     assert gpu_pip == cpu_pip
     assert set(cpu) - set(gpu) == {"pytorch-cpu"}
     assert {"pytorch-gpu", "cupy", "dask-cuda"} <= set(gpu) - set(cpu)
-    assert {k: v for k, v in gpu.items() if k in cpu} == {
-        k: v for k, v in cpu.items() if k in gpu
-    }
+    assert {k: v for k, v in gpu.items() if k in cpu} == {k: v for k, v in cpu.items() if k in gpu}

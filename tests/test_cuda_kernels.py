@@ -50,7 +50,9 @@ def test_kernels_compile_for_the_device():
 def test_no_device_is_a_clear_error():
     field = Field("f", buckets=3)
     args = (*_cell_rows(pa.array(["a"])), _spec(field), _sep(field), 3, _EMPTY_LOOKUP, tables())
-    with pytest.raises(RuntimeError, match=r"needs a CUDA device, and numba.cuda found none \(.+\).*encode_device: cpu"):
+    with pytest.raises(
+        RuntimeError, match=r"needs a CUDA device, and numba.cuda found none \(.+\).*encode_device: cpu"
+    ):
         kc.encode_rows_cuda(*args)
     with pytest.raises(RuntimeError, match="encode_device: cpu"):
         kc.gather_rows_cuda(np.zeros(1, np.int32), np.zeros(0, np.uint8), 0, None, None)

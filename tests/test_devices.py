@@ -35,7 +35,9 @@ no_gpu = pytest.mark.skipif("_numba_cuda_usable()", reason="numba.cuda finds a d
 def test_defaults():
     job = JobSpec.from_dict(JOB)
     assert job.encode_device == "auto" and job.resources is None and job.model.tf32 is False
-    job = JobSpec.from_dict({**JOB, "encode_device": "cuda", "resources": {"GPU": 1}, "model": {"path": "m.pt", "tf32": True}})
+    job = JobSpec.from_dict(
+        {**JOB, "encode_device": "cuda", "resources": {"GPU": 1}, "model": {"path": "m.pt", "tf32": True}}
+    )
     assert job.encode_device == "cuda" and job.resources == {"GPU": 1} and job.model.tf32 is True
     assert JobSpec.from_dict(job.to_dict()) == job
 
@@ -46,7 +48,10 @@ def test_defaults():
         ({"encode_device": "gpu"}, r"^j.yaml: encode_device: expected one of auto, cpu, cuda, got 'gpu' \(str\)$"),
         ({"resources": {"GPU": 0}}, r"^j.yaml: resources: expected a mapping of resource name to a positive number"),
         ({"resources": ["GPU"]}, r"resources: expected a mapping .*, got \['GPU'\] \(list\)$"),
-        ({"model": {"path": "m.pt", "tf32": "yes"}}, r"^j.yaml: model.tf32: expected true or false, got 'yes' \(str\)$"),
+        (
+            {"model": {"path": "m.pt", "tf32": "yes"}},
+            r"^j.yaml: model.tf32: expected true or false, got 'yes' \(str\)$",
+        ),
     ],
 )
 def test_bad_keys_name_the_key(change, match):
@@ -91,7 +96,11 @@ def test_auto_with_a_cuda_model_but_no_numba_device_falls_back_once(monkeypatch)
     with captured_logs("dscore.encoding", logging.INFO) as records:
         assert [resolve_encode_device("auto", "cuda:1") for _ in range(2)] == ["cpu", "cpu"]
     assert len(records) == 1 and records[0].levelname == "WARNING"
-    assert records[0].getMessage().startswith("encode_device auto: the model is on cuda:1 but numba.cuda cannot run kernels (")
+    assert (
+        records[0]
+        .getMessage()
+        .startswith("encode_device auto: the model is on cuda:1 but numba.cuda cannot run kernels (")
+    )
 
 
 def test_unknown_encode_device():
@@ -156,7 +165,9 @@ def test_local_cuda_without_dask_cuda_is_a_clear_error(monkeypatch):
     from dscore import pipeline
 
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails, installed or not
-    with pytest.raises(SpecError, match=r"cluster: local-cuda needs dask-cuda, which cannot be imported here .*dscore\[gpu\]"):
+    with pytest.raises(
+        SpecError, match=r"cluster: local-cuda needs dask-cuda, which cannot be imported here .*dscore\[gpu\]"
+    ):
         with pipeline.connect("local-cuda"):
             pass
     with pytest.raises(SpecError, match=r"cluster: expected 'local', 'local-cuda' or a scheduler address"):
@@ -194,8 +205,11 @@ def test_resources_no_worker_offers_are_an_error():
     check_resources(_Workers({}, {"GPU": 1}), {"GPU": 1})
     check_resources(_Workers(), {"GPU": 1})  # no workers yet: the job waits for them
     check_resources(_Workers({}), None)
-    with pytest.raises(JobError, match=r"resources: every task asks for \{'GPU': 2\}, but none of the 2 workers offers "
-                       r"that \(resources offered: \['GPU'\]\); start workers with e.g. `dask worker --resources GPU=1`"):
+    with pytest.raises(
+        JobError,
+        match=r"resources: every task asks for \{'GPU': 2\}, but none of the 2 workers offers "
+        r"that \(resources offered: \['GPU'\]\); start workers with e.g. `dask worker --resources GPU=1`",
+    ):
         check_resources(_Workers({}, {"GPU": 1}), {"GPU": 2})
 
 

@@ -89,7 +89,9 @@ def arrow_column(values, kind, layout, rng):
     elif layout == "dictionary_large":
         arr = pa.array(padded, pa.large_string()).dictionary_encode().cast(pa.dictionary(pa.int8(), pa.large_string()))
     else:
-        arr = pa.array(padded, {"string": pa.string(), "large_string": pa.large_string(), "view": pa.string_view()}[layout])
+        arr = pa.array(
+            padded, {"string": pa.string(), "large_string": pa.large_string(), "view": pa.string_view()}[layout]
+        )
     arr = arr.slice(lo, len(values))
     cut = sorted(int(c) for c in rng.integers(0, len(values) + 1, size=2))
     return pa.chunked_array([arr.slice(0, cut[0]), arr.slice(cut[0], cut[1] - cut[0]), arr.slice(cut[1])], arr.type)
@@ -181,7 +183,9 @@ def test_large_vocabulary_is_exact():
     rng = np.random.default_rng(7)
     n = 1_100_000
     stems = [f"com.app{i}" for i in range(n // 4)]
-    tokens = stems + [s + "x" for s in stems] + [s + "Σ" for s in stems] + [f"t{i:07d}" for i in range(n - 3 * len(stems))]
+    tokens = (
+        stems + [s + "x" for s in stems] + [s + "Σ" for s in stems] + [f"t{i:07d}" for i in range(n - 3 * len(stems))]
+    )
     tokens = [t.lower() for t in tokens]
     assert len(set(tokens)) == len(tokens) >= 1_000_000
     index = rng.permutation(len(tokens)).astype(np.int32) + 2
@@ -219,9 +223,17 @@ def test_pandas_input():
 @pytest.mark.parametrize(
     "kind, arr, match",
     [
-        ("delimited", pa.array([["a"]]), r"field 'f' \(column 'c', kind 'delimited'\).*found list<item: string>.*kind: list"),
+        (
+            "delimited",
+            pa.array([["a"]]),
+            r"field 'f' \(column 'c', kind 'delimited'\).*found list<item: string>.*kind: list",
+        ),
         ("scalar", pa.array([1.5]), r"field 'f' \(column 'c', kind 'scalar'\) expects a string.*found double"),
-        ("list", pa.array(["a,b"]), r"field 'f' \(column 'c', kind 'list'\) expects a list.*found string.*kind: delimited"),
+        (
+            "list",
+            pa.array(["a,b"]),
+            r"field 'f' \(column 'c', kind 'list'\) expects a list.*found string.*kind: delimited",
+        ),
         ("list", pa.array([[1.5]]), r"kind 'list'\) expects a list.*found list<item: double>"),
         ("scalar", pa.array([{"x": "a"}]), r"found struct<x: string>"),
     ],
@@ -289,7 +301,13 @@ INVALID_UTF8 = {
     "above U+10FFFF": [b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xff\xfe"],
     "lone continuation": [b"\x80", b"\xbf\xbfab", b"\xc3\xa9\x80", b"A\xce\xa3\x80"],
     # next to what strip and the final-sigma rule look at
-    "in context": [b"\xe2\x80\x83\xff\xe2\x80\x83", b" \xc0\xa0 ", b"\xce\x91\xce\xa3\xcc\x81\xff", b"\xff\xce\xa3", b"\xc4\xb0\xed"],
+    "in context": [
+        b"\xe2\x80\x83\xff\xe2\x80\x83",
+        b" \xc0\xa0 ",
+        b"\xce\x91\xce\xa3\xcc\x81\xff",
+        b"\xff\xce\xa3",
+        b"\xc4\xb0\xed",
+    ],
 }
 INVALID_PIECES = [b for pieces in INVALID_UTF8.values() for b in pieces]
 BYTE_LAYOUTS = {"cell": ["string", "large_string", "dictionary"], "list": ["list", "large_list", "list_dict"]}
@@ -361,7 +379,9 @@ def check_bytes_case(values, field, layout, cut, device="cpu"):
     mapping = vocabulary_for(values, dataclasses.replace(field, on_invalid_utf8="replace"), cut)
     bad = first_invalid_row(values)
     if bad is not None and field.on_invalid_utf8 == "fail":
-        match = rf"field 'f' \(column 'f'\): row {bad} is not valid UTF-8 \(.*byte \d+: .+\); .*on_invalid_utf8: replace"
+        match = (
+            rf"field 'f' \(column 'f'\): row {bad} is not valid UTF-8 \(.*byte \d+: .+\); .*on_invalid_utf8: replace"
+        )
         with pytest.raises(InvalidUTF8Error, match=match):
             encode_table(pa.table({"f": col}), [field], as_vocab(mapping), device=device)
         with pytest.raises(ValueError, match=rf"row {bad} is not valid UTF-8"):

@@ -27,7 +27,9 @@ def slow_job(demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("slowjob")
     apps = package_names(5000)
     for i in range(6):
-        pq.write_table(make_table(2000, seed=200 + i, first_id=2000 * i, apps=apps), root / f"s{i}.parquet", row_group_size=100)
+        pq.write_table(
+            make_table(2000, seed=200 + i, first_id=2000 * i, apps=apps), root / f"s{i}.parquet", row_group_size=100
+        )
     return {**demo["job"], "input": str(root / "s*.parquet"), "partition_rows": 100}
 
 

@@ -42,7 +42,9 @@ def write(table: pa.Table, path) -> str:
 def run_cli(job: dict, tmp_path, *args):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    return subprocess.run([*DSCORE, "score", str(path), "--no-progress", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*DSCORE, "score", str(path), "--no-progress", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def local(urls):
@@ -92,7 +94,9 @@ def test_glob_reads_spark_and_hive_directories_through_the_cli(demo, tmp_path):
 def test_a_parquet_glob_plans_every_file_of_matched_directories(demo, tmp_path):
     """Before: in/*.parquet planned a.parquet alone, 2000 of the 6000 rows."""
     files = spark_layout(demo, tmp_path)
-    plan = plan_job(JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "o")}))
+    plan = plan_job(
+        JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "in" / "*.parquet"), "output": str(tmp_path / "o")})
+    )
     assert plan.header["input"]["rows"] == 6000 and local(plan.header["input"]["files"]) == files
     assert [p.partitions for p in plan.pieces][-2:] == [(("date", "2026-01-01"),), (("date", "2026-01-02"),)]
 
@@ -165,7 +169,9 @@ def test_an_input_of_ignored_names_only_matches_nothing(demo, tmp_path):
     for name in ("_SUCCESS", ".part-0.parquet.crc"):
         (tmp_path / "in" / name).write_bytes(b"")
     job = JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "in" / "*"), "output": str(tmp_path / "o")})
-    with pytest.raises(FileNotFoundError, match=r"in/\*' matched no data files .*ignored: .part-0.parquet.crc, _SUCCESS$"):
+    with pytest.raises(
+        FileNotFoundError, match=r"in/\*' matched no data files .*ignored: .part-0.parquet.crc, _SUCCESS$"
+    ):
         plan_job(job)
 
 
@@ -216,7 +222,11 @@ def test_id_type_drift_between_parquet_and_csv_says_how_to_type_it(demo, tmp_pat
     shutil.copy(demo["root"] / "part-0.parquet", tmp_path / "a.parquet")
     t = demo_part(demo, 1).drop_columns(["campaigns"])
     pacsv.write_csv(t, tmp_path / "b.csv")
-    job = {**demo["job"], "input": [str(tmp_path / "a.parquet"), str(tmp_path / "b.csv")], "output": str(tmp_path / "o")}
+    job = {
+        **demo["job"],
+        "input": [str(tmp_path / "a.parquet"), str(tmp_path / "b.csv")],
+        "output": str(tmp_path / "o"),
+    }
     with pytest.raises(InputError, match=r"b.csv, column 'user_id': id column type is string here but int64 in "
                                          r".*a.parquet .*type it in the job \(csv: \{column_types: \{user_id: int64\}\}\)"):  # fmt: skip
         plan_job(JobSpec.from_dict(job))
@@ -226,11 +236,15 @@ def test_id_type_drift_after_planning_fails_before_the_part_is_written(demo, tmp
     """A file rewritten between planning and its task: the task checks what it read."""
     shutil.copy(demo["root"] / "part-0.parquet", tmp_path / "f0.parquet")
     shutil.copy(demo["root"] / "part-1.parquet", tmp_path / "f1.parquet")
-    plan = plan_job(JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "f*.parquet"), "output": str(tmp_path / "o")}))
+    plan = plan_job(
+        JobSpec.from_dict({**demo["job"], "input": str(tmp_path / "f*.parquet"), "output": str(tmp_path / "o")})
+    )
     t = demo_part(demo, 1)
     write(t.set_column(0, "user_id", t.column("user_id").cast(pa.string())), tmp_path / "f1.parquet")
     piece = next(p for p in plan.pieces if p.url.endswith("f1.parquet"))
-    with pytest.raises(InputError, match=r"f1.parquet \(row groups 0-1\), column 'user_id': id column type is string here but int64"):
+    with pytest.raises(
+        InputError, match=r"f1.parquet \(row groups 0-1\), column 'user_id': id column type is string here but int64"
+    ):
         score_piece(piece, plan.task, str(tmp_path / "o"), False)
     assert not os.path.exists(tmp_path / "o" / f"part-{piece.index:06d}.parquet")
     quarantined = score_piece(piece, plan.task, str(tmp_path / "o"), True)

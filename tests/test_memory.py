@@ -39,7 +39,10 @@ def run_in_one_worker(job, limit):
     nanny must never have restarted; the report and the worker's peak RSS."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=":0") as lc, Client(lc) as c:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
         pid = list(c.run(os.getpid).values())[0]
         report = dscore.run(job, client=c, progress=False)
         peak = list(c.run(peak_rss).values())[0]
@@ -58,7 +61,12 @@ def test_out_of_core_input_in_bounded_memory(demo, tmp_path):
         files += 1
         decoded += block.nbytes
     rows = files * 25_000
-    job = {**demo["job"], "input": str(tmp_path / "w*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 12_500}
+    job = {
+        **demo["job"],
+        "input": str(tmp_path / "w*.parquet"),
+        "output": str(tmp_path / "out"),
+        "partition_rows": 12_500,
+    }
     report, peak = run_in_one_worker(job, LIMIT)
     print(f"\nout of core: {decoded / 2**30:.2f} GiB decoded input ({decoded / LIMIT:.1f}x the limit), {rows:,} rows, "
           f"worker peak RSS {peak / 2**20:.0f} MiB of a {LIMIT / 2**20:.0f} MiB limit, {report.rows_per_second:,.0f} rows/s")  # fmt: skip
@@ -79,7 +87,9 @@ def test_soak_rss_does_not_grow(demo, tmp_path):
     rss = [p["worker_rss"] for p in sorted(manifest["partitions"], key=lambda p: p["index"])]
     after_50, end = rss[49], np.median(rss[-10:])
     growth = (end - after_50) / after_50
-    print(f"\nsoak: 300 partitions, RSS after 50: {after_50 / 2**20:.1f} MiB, at the end {end / 2**20:.1f} MiB ({growth:+.2%})")
+    print(
+        f"\nsoak: 300 partitions, RSS after 50: {after_50 / 2**20:.1f} MiB, at the end {end / 2**20:.1f} MiB ({growth:+.2%})"
+    )
     assert growth < 0.10
 
 
@@ -116,7 +126,13 @@ def test_worker_killed_by_memory_names_the_piece_and_the_knobs(demo, tmp_path):
     pq.write_table(table, tmp_path / "big.parquet", row_group_size=table.num_rows)
     job = {**demo["job"], "input": str(tmp_path / "big.parquet"), "output": str(tmp_path / "out"),
            "partition_bytes": "8GiB", "retries": 0}  # fmt: skip
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="700MB", dashboard_address=":0") as lc, Client(lc) as c:
-        with pytest.raises(JobError, match=r"big\.parquet \(row groups 0-0\): the workers scoring it died "
-                           r"\d+ times, most likely out of memory \(worker memory limit: 0\.65 GiB\)\. Lower partition_bytes"):
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="700MB", dashboard_address=":0") as lc,
+        Client(lc) as c,
+    ):
+        with pytest.raises(
+            JobError,
+            match=r"big\.parquet \(row groups 0-0\): the workers scoring it died "
+            r"\d+ times, most likely out of memory \(worker memory limit: 0\.65 GiB\)\. Lower partition_bytes",
+        ):
             dscore.run(job, client=c, progress=False)

@@ -78,7 +78,9 @@ def test_overwrite_onto_the_input_directory_deletes_nothing(demo, tmp_path, inpu
     before = tree(inputs)
     job = {**demo["job"], "input": str(inputs / "*.parquet"), "output": str(inputs)}
     r = cli(tmp_path, job, "--overwrite")
-    one_line_error(r, f"output '{inputs}' contains input '{inputs}/part-0.parquet'", "Choose an output outside the input")
+    one_line_error(
+        r, f"output '{inputs}' contains input '{inputs}/part-0.parquet'", "Choose an output outside the input"
+    )
     assert tree(inputs) == before  # nothing deleted, nothing written (not even a lease)
     with pytest.raises(JobError, match=r"contains input .*part-0.parquet"):
         dscore.run(job, overwrite=True, progress=False)
@@ -160,7 +162,9 @@ def test_changed_model_is_refused_in_one_line_naming_the_flag(demo, client, tmp_
     shutil.copy(demo["root"] / "model.pt", other)
     with open(other, "ab") as f:  # another file: another fingerprint
         f.write(b"\0")
-    r = cli(tmp_path, {**job, "model": {"path": str(other), "batch_size": 700}}, "--scheduler", client.scheduler.address)
+    r = cli(
+        tmp_path, {**job, "model": {"path": str(other), "batch_size": 700}}, "--scheduler", client.scheduler.address
+    )
     one_line_error(r, "holds scores from a job with a different model (", f"'{other}' now", "Pass --overwrite")
 
 
@@ -229,7 +233,10 @@ def test_two_dscore_processes_on_one_output(demo, many, client, tmp_path):
     "stale, reason",
     [
         (lambda: holder(host=socket.gethostname(), pid=dead_pid()), r"its process \(pid \d+ on this host\) is gone"),
-        (lambda: holder(renewed=time.time() - 100, timeout=20.0), r"it has not been renewed for 1\d\ds \(lock_timeout 30s\)"),
+        (
+            lambda: holder(renewed=time.time() - 100, timeout=20.0),
+            r"it has not been renewed for 1\d\ds \(lock_timeout 30s\)",
+        ),
     ],
     ids=["dead pid", "not renewed"],
 )
@@ -293,7 +300,7 @@ def test_lease_is_renewed_then_removed(tmp_path):
         while json.loads((tmp_path / "out" / "_lock.json").read_text())["renewed"] == first["renewed"]:
             assert time.time() < deadline, "the lease was never renewed"
             time.sleep(0.05)
-        with pytest.raises(JobError, match=r"is being written by .* \(pid %d\)" % os.getpid()):
+        with pytest.raises(JobError, match=rf"is being written by .* \(pid {os.getpid()}\)"):
             Lease.acquire(out, timeout=0.5)  # live: this very process
     assert not lease._thread.is_alive()
     assert not (tmp_path / "out" / "_lock.json").exists()
@@ -357,17 +364,23 @@ def test_success_not_written_after_the_lease_was_lost(scored):
     with Lease.acquire(out, timeout=300) as lease:
         with open(os.path.join(scored["out"], "_lock.json"), "w") as f:
             json.dump(holder(), f)
-        with pytest.raises(JobError, match=r"this run lost its lease to someone@elsewhere \(pid 4242\).*_SUCCESS was not written"):
+        with pytest.raises(
+            JobError, match=r"this run lost its lease to someone@elsewhere \(pid 4242\).*_SUCCESS was not written"
+        ):
             _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", lease)
     assert not out.complete()
-    assert json.loads(open(os.path.join(scored["out"], "_lock.json")).read())["host"] == "elsewhere"  # not ours to remove
+    assert (
+        json.loads(open(os.path.join(scored["out"], "_lock.json")).read())["host"] == "elsewhere"
+    )  # not ours to remove
 
 
 def test_success_not_written_when_job_json_is_another_jobs(scored):
     plan, out = scored["plan"], Output(scored["out"])
     out.write_json("_job.json", {**scored["other"].header, "token": scored["other"].task.job_token})
     records = scored["records"]
-    with pytest.raises(JobError, match=r"_job.json now describes another job .*_SUCCESS was not written. Rerun the job"):
+    with pytest.raises(
+        JobError, match=r"_job.json now describes another job .*_SUCCESS was not written. Rerun the job"
+    ):
         _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test")
     assert not out.complete()
 

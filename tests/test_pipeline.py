@@ -146,9 +146,17 @@ def test_scorer_without_distributed(demo):
 @pytest.mark.parametrize(
     "change, exc, match",
     [
-        ({"input": "/nonexistent/*.parquet"}, FileNotFoundError, r"input '/nonexistent/\*.parquet' matched no data files"),
+        (
+            {"input": "/nonexistent/*.parquet"},
+            FileNotFoundError,
+            r"input '/nonexistent/\*.parquet' matched no data files",
+        ),
         ({"input": "/nonexistent/dir"}, FileNotFoundError, r"input '/nonexistent/dir' does not exist"),
-        ({"model": {"path": "/nonexistent/model.pt"}}, ValueError, r"model file '/nonexistent/model.pt' does not exist"),
+        (
+            {"model": {"path": "/nonexistent/model.pt"}},
+            ValueError,
+            r"model file '/nonexistent/model.pt' does not exist",
+        ),
         ({"id_columns": ["uid"]}, SpecError, r"part-0.parquet: id column 'uid' is not in the input"),
         (
             {"fields": [{"name": "apps", "column": "app_list"}]},
@@ -186,7 +194,10 @@ def test_model_probe_failure_names_the_file(demo, tmp_path):
     path = tmp_path / "three.pt"
     torch.jit.save(torch.jit.script(ThreeInputs()), str(path))
     job = JobSpec.from_dict({**demo["job"], "model": {"path": str(path)}})
-    with pytest.raises(ValueError, match=r"three.pt' fails on a one-row probe batch called as model\(device_name, device_model, apps, campaigns\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"three.pt' fails on a one-row probe batch called as model\(device_name, device_model, apps, campaigns\)",
+    ):
         plan_job(job)
 
 
@@ -197,7 +208,9 @@ def test_tables_bigger_than_the_model_fail_before_the_job(demo, tmp_path):
         bigger = dscore.Vocabulary.fit(demo["data"], dscore.demo.FIELDS)  # min_count 1: more tokens
     bigger.save(str(tmp_path / "vocab"))
     job = JobSpec.from_dict({**demo["job"], "vocab": str(tmp_path / "vocab")})
-    with pytest.raises(ValueError, match=r"fails on the largest indices the mapping tables produce \(device_name: \d+, .*apps: \d+"):
+    with pytest.raises(
+        ValueError, match=r"fails on the largest indices the mapping tables produce \(device_name: \d+, .*apps: \d+"
+    ):
         plan_job(job)
 
 

@@ -175,7 +175,11 @@ def test_chaos_killworker_repeatedly(demo, many, tmp_path):
     # 864 partitions of 100 rows, ~15 s without kills: long enough that the kills
     # (at most 4, each about a second after a worker is up) land while it runs.
     for i in range(72):
-        pq.write_table(make_table(1200, seed=500 + i, first_id=1200 * i, apps=apps), tmp_path / f"c{i:02d}.parquet", row_group_size=100)
+        pq.write_table(
+            make_table(1200, seed=500 + i, first_id=1200 * i, apps=apps),
+            tmp_path / f"c{i:02d}.parquet",
+            row_group_size=100,
+        )
     job = {**many["job"], "input": str(tmp_path / "c*.parquet"), "output": str(tmp_path / "out"), "partition_rows": 100}
     killed = tmp_path / "killed"
     killed.mkdir()
@@ -222,7 +226,9 @@ def test_killed_dscore_process_then_resume(demo, many, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     report = json.load(open(tmp_path / "out" / "_report.json"))
-    assert report["resumed_partitions"] >= done_before and report["scored_partitions"] == 96 - report["resumed_partitions"]
+    assert (
+        report["resumed_partitions"] >= done_before and report["scored_partitions"] == 96 - report["resumed_partitions"]
+    )
     check_exactly_once(demo, job["output"], job["input"], many["rows"])
 
 
@@ -255,7 +261,9 @@ def corrupt_inputs(src_root, dst, kind):
         pq.write_table(table.set_column(table.schema.get_field_index("apps"), "apps", apps), bad, row_group_size=100)
     elif kind == "float cells":
         dn = pa.array(np.arange(table.num_rows, dtype=np.float64))
-        pq.write_table(table.set_column(table.schema.get_field_index("device_name"), "device_name", dn), bad, row_group_size=100)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("device_name"), "device_name", dn), bad, row_group_size=100
+        )
     return bad
 
 

@@ -192,7 +192,7 @@ def test_lease_on_s3_is_a_conditional_put(s3):
         held = json.loads(s3fs_(s3).cat(f"{BUCKET}/lease/scores/_lock.json"))
         assert held["id"] == lease.holder["id"] and held["output"] == out.url
         assert not Lease(out, 300)._create()  # s3fs sends the conditional put; the server says no
-        with pytest.raises(JobError, match=r"is being written by .* \(pid %d\) since .*--break-lock" % os.getpid()):
+        with pytest.raises(JobError, match=rf"is being written by .* \(pid {os.getpid()}\) since .*--break-lock"):
             Lease.acquire(out, timeout=300)
         assert json.loads(s3fs_(s3).cat(f"{BUCKET}/lease/scores/_lock.json"))["id"] == lease.holder["id"]
     assert not s3fs_(s3).exists(f"{BUCKET}/lease/scores/_lock.json")
@@ -214,7 +214,11 @@ def clean_env(**extra) -> dict:
 
 def bucket_contents(s3) -> dict[str, bytes]:
     boto = s3["boto"]
-    keys = [o["Key"] for page in boto.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in boto.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
     return {k: boto.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
 
 
@@ -233,10 +237,14 @@ def test_credentials_never_written_or_printed(demo, s3, client, tmp_path):
     env = clean_env()
     runs = {}
     fit_on_a_directory = f"input=s3://{BUCKET}/data/"
-    runs["vocab"] = dscore_cli("vocab", str(path), "--scheduler", address, "--min-count", "2", "--set", fit_on_a_directory, env=env)
+    runs["vocab"] = dscore_cli(
+        "vocab", str(path), "--scheduler", address, "--min-count", "2", "--set", fit_on_a_directory, env=env
+    )
     # its own cluster, so that the workers' logs are in this command's output
     runs["score"] = dscore_cli("score", str(path), "--no-progress", env=env)
-    runs["verify"] = dscore_cli("verify", str(path), "--scheduler", address, "--sample", "300", "--set", f"input={data}", env=env)
+    runs["verify"] = dscore_cli(
+        "verify", str(path), "--scheduler", address, "--sample", "300", "--set", f"input={data}", env=env
+    )
     assert runs["vocab"].returncode == 0, runs["vocab"].stderr
     assert dscore.Vocabulary.load(job["vocab"], storage_options=s3["storage_options"]) == demo["vocab"]
     assert runs["score"].returncode == 3, runs["score"].stderr  # partial: the bad file is quarantined
@@ -267,7 +275,7 @@ def test_credentials_never_written_or_printed(demo, s3, client, tmp_path):
         for cmd, r in runs.items():
             for text in (r.stdout, r.stderr):
                 i = text.find(secret)
-                assert i < 0, f"{secret!r} in the output of dscore {cmd}: ...{text[max(0, i - 400):i + 60]}..."
+                assert i < 0, f"{secret!r} in the output of dscore {cmd}: ...{text[max(0, i - 400) : i + 60]}..."
     # The redacted copy still says where the data is.
     saved = json.loads(written["leak/scores/_job.json"])["job"]["storage_options"]
     assert saved == {"key": "***", "secret": "***", "client_kwargs": s3["storage_options"]["client_kwargs"]}

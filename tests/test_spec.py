@@ -36,7 +36,11 @@ def test_defaults_and_repr():
         ({"buckets": 2**31}, ValueError, r"field 'f': buckets is 2147483648"),
         ({"buckets": "10"}, TypeError, r"field 'f': buckets is '10'; expected a positive integer or null"),
         ({"column": 3}, TypeError, r"field 'f': column is 3; expected a column name"),
-        ({"on_invalid_utf8": "skip"}, ValueError, r"field 'f': on_invalid_utf8 is 'skip'; expected one of fail, replace"),
+        (
+            {"on_invalid_utf8": "skip"},
+            ValueError,
+            r"field 'f': on_invalid_utf8 is 'skip'; expected one of fail, replace",
+        ),
     ],
 )
 def test_bad_options(kwargs, exc, match):
@@ -84,29 +88,52 @@ def test_job_roundtrip_and_defaults():
     "change, match",
     [
         ({"outptu": "x"}, r"^j.yaml: unknown key 'outptu'; allowed keys: input, output,"),
-        ({"model": {"path": "m.pt", "batchsize": 3}}, r"^j.yaml: unknown key 'model.batchsize'; allowed keys: path, format,"),
-        ({"fields": [{"name": "a", "maxlen": 3}]}, r"^j.yaml: unknown key 'fields\[0\].maxlen'; allowed keys: name, column,"),
+        (
+            {"model": {"path": "m.pt", "batchsize": 3}},
+            r"^j.yaml: unknown key 'model.batchsize'; allowed keys: path, format,",
+        ),
+        (
+            {"fields": [{"name": "a", "maxlen": 3}]},
+            r"^j.yaml: unknown key 'fields\[0\].maxlen'; allowed keys: name, column,",
+        ),
         ({"model": {"batch_size": 3}}, r"^j.yaml: missing required key 'model.path'$"),
         ({"fields": [{"kind": "list"}]}, r"^j.yaml: missing required key 'fields\[0\].name'$"),
-        ({"model": {"path": "m.pt", "batch_size": "big"}}, r"^j.yaml: model.batch_size: expected a positive integer or 'auto', got 'big' \(str\)$"),
+        (
+            {"model": {"path": "m.pt", "batch_size": "big"}},
+            r"^j.yaml: model.batch_size: expected a positive integer or 'auto', got 'big' \(str\)$",
+        ),
         ({"model": {"path": "m.pt", "device": "gpu"}}, r"model.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
         ({"partition_rows": 0}, r"^j.yaml: partition_rows: expected a positive integer, got 0 \(int\)$"),
         ({"id_columns": [1]}, r"id_columns: expected a list of strings, got \[1\]"),
         ({"on_bad_input": "skip"}, r"on_bad_input: expected one of fail, quarantine, got 'skip'"),
-        ({"fields": [{"name": "a", "max_len": 0}]}, r"^j.yaml: fields\[0\]: field 'a': max_len is 0; expected a positive integer$"),
-        ({"fields": [{"name": "a", "on_invalid_utf8": "ignore"}]}, r"^j.yaml: fields\[0\]: field 'a': on_invalid_utf8 is 'ignore'; expected one of fail, replace$"),
+        (
+            {"fields": [{"name": "a", "max_len": 0}]},
+            r"^j.yaml: fields\[0\]: field 'a': max_len is 0; expected a positive integer$",
+        ),
+        (
+            {"fields": [{"name": "a", "on_invalid_utf8": "ignore"}]},
+            r"^j.yaml: fields\[0\]: field 'a': on_invalid_utf8 is 'ignore'; expected one of fail, replace$",
+        ),
         ({"fields": []}, r"fields: expected a non-empty list"),
         ({"fields": [{"name": "a"}, {"name": "a"}]}, r"field 'a' is given twice"),
         ({"vocab": None}, r"missing required key 'vocab' \(fields \['apps', 'campaigns'\] use mapping tables\)"),
-        ({"csv": {"sep": ";"}}, r"^j.yaml: unknown key 'csv.sep'; allowed keys: delimiter, quote_char, header, column_names"),
+        (
+            {"csv": {"sep": ";"}},
+            r"^j.yaml: unknown key 'csv.sep'; allowed keys: delimiter, quote_char, header, column_names",
+        ),
         ({"csv": {"delimiter": ";;"}}, r"^j.yaml: csv.delimiter: expected one character, got ';;' \(str\)$"),
         ({"csv": {"quote_char": True}}, r"csv.quote_char: expected one character, or false for no quoting, got True"),
         ({"csv": {"header": "no"}}, r"csv.header: expected true or false, got 'no' \(str\)"),
         ({"csv": {"column_names": [1, 2]}}, r"csv.column_names: expected a list of strings"),
         ({"csv": ";"}, r"^j.yaml: csv: expected a mapping, got ';' \(str\)$"),
-        ({"csv": {"column_types": {"user_id": "int"}}},
-         r"^j.yaml: csv.column_types.user_id: expected an Arrow type name like string, int64, .*got 'int' \(str\)$"),
-        ({"csv": {"column_types": ["user_id"]}}, r"csv.column_types: expected a mapping of column name to Arrow type name"),
+        (
+            {"csv": {"column_types": {"user_id": "int"}}},
+            r"^j.yaml: csv.column_types.user_id: expected an Arrow type name like string, int64, .*got 'int' \(str\)$",
+        ),
+        (
+            {"csv": {"column_types": ["user_id"]}},
+            r"csv.column_types: expected a mapping of column name to Arrow type name",
+        ),
         ({"partition_types": {"date": "datetime"}}, r"^j.yaml: partition_types.date: expected an Arrow type name like"),
     ],
 )
@@ -178,5 +205,8 @@ def test_secrets_are_redacted_where_jobs_are_written_or_shown():
     task = TaskSpec(job.fields, job.model, "fp", None, None, (), storage_options=so)
     for shown in (repr(job), repr(task)):
         assert "AKIAFAKE" not in shown and "s3cr3t" not in shown
-    with pytest.raises(SpecError, match=r"^<dict>: storage_options: expected a mapping like \{key: \.\.\., secret: \.\.\.\}, got a str$"):
+    with pytest.raises(
+        SpecError,
+        match=r"^<dict>: storage_options: expected a mapping like \{key: \.\.\., secret: \.\.\.\}, got a str$",
+    ):
         JobSpec.from_dict({**JOB, "storage_options": "AKIAFAKE:s3cr3t"})

@@ -49,7 +49,9 @@ def test_verify_cli_flags_a_lower_precision(demo, tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     cmd = [sys.executable, "-m", "dscore.cli", "verify", str(path), "--sample", "1000", "--against", "fp32"]
-    r = subprocess.run([*cmd, "--tolerance", "1e-6", "--json", str(tmp_path / "v.json")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cmd, "--tolerance", "1e-6", "--json", str(tmp_path / "v.json")], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 4, r.stdout + r.stderr
     assert "against the fp32 reference" in r.stdout and "FAIL" in r.stdout
     table = json.load(open(tmp_path / "v.json"))["table"]

@@ -19,8 +19,8 @@ from dscore import Field, Vocabulary, bucket_index, encode, hash_token
 from . import naive
 
 
-def table(tokens, index, index_type=pa.int32()):
-    return pa.table({"token": pa.array(tokens, pa.string()), "index": pa.array(index, index_type)})
+def table(tokens, index, index_type=None):
+    return pa.table({"token": pa.array(tokens, pa.string()), "index": pa.array(index, index_type or pa.int32())})
 
 
 @pytest.fixture
@@ -29,10 +29,7 @@ def data_dir(tmp_path, rng):
     words = ["alpha", "Beta", "gamma", "DELTA", "épsilon", "Σίγμα", "z"]
     for i in range(3):
         n = 200
-        apps = [
-            None if rng.random() < 0.05 else ",".join(rng.choice(words, size=rng.integers(0, 6)))
-            for _ in range(n)
-        ]
+        apps = [None if rng.random() < 0.05 else ",".join(rng.choice(words, size=rng.integers(0, 6))) for _ in range(n)]
         camps = [list(rng.choice(words, size=rng.integers(0, 4))) for _ in range(n)]
         dev = pa.array(rng.choice(words[:3], size=n)).dictionary_encode()
         t = pa.table({"apps": pa.array(apps, pa.string()), "camps": camps, "dev": dev})
@@ -155,8 +152,16 @@ def test_bucket_index_reproduces_encode():
         (table(["a", "b"], [2, 2]), ValueError, r"field 'f' gives index 2 to two tokens, 'a' and 'b'"),
         (table(["a", "b"], [2, 1]), ValueError, r"maps token 'b' to index 1; indices 0 \(padding\) and 1"),
         (table(["a"], [2], pa.int64()), TypeError, r"column 'index' of field 'f' must be int32; found int64"),
-        (pa.table({"token": [1], "index": pa.array([2], pa.int32())}), TypeError, r"column 'token' .* string; found int64"),
-        (pa.table({"tok": ["a"], "index": pa.array([2], pa.int32())}), ValueError, r"has no 'token' column; columns are"),
+        (
+            pa.table({"token": [1], "index": pa.array([2], pa.int32())}),
+            TypeError,
+            r"column 'token' .* string; found int64",
+        ),
+        (
+            pa.table({"tok": ["a"], "index": pa.array([2], pa.int32())}),
+            ValueError,
+            r"has no 'token' column; columns are",
+        ),
         (table([None, "a"], [2, 3]), ValueError, r"column 'token' of field 'f' has 1 null values"),
     ],
 )
@@ -176,7 +181,9 @@ def test_missing_table_and_directory(tmp_path):
 
 def test_unnormalized_user_table_warns():
     vocab = Vocabulary({"f": table(["Apple", "pear"], [2, 3])})
-    with pytest.warns(UserWarning, match=r"field 'f' holds tokens that normalization .* never produces, e.g. \['Apple'\]"):
+    with pytest.warns(
+        UserWarning, match=r"field 'f' holds tokens that normalization .* never produces, e.g. \['Apple'\]"
+    ):
         out = encode(pa.table({"f": ["Apple", "PEAR"]}), [Field("f", kind="scalar")], vocab)["f"]
     assert out[:, 0].tolist() == [1, 3]
     # With lower=False the same table is fine.

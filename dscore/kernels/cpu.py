@@ -34,6 +34,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+
 @intrinsic
 def _prefetch(typingctx, arr, idx):
     """Ask the CPU to start loading the cache line of ``arr.flat[idx]`` (llvm.prefetch)."""
@@ -183,6 +184,7 @@ def xxh64(buf, start, length):
 
 # ---------------------------------------------------------------- UTF-8 and normalization
 
+
 @njit(cache=True)
 def _decode(data, p, end):
     """``(code point, byte length, invalid)`` of the character at ``data[p]``.
@@ -219,7 +221,7 @@ def _decode(data, p, end):
         elif b0 == 0xF4:
             hi = 0x8F  # above U+10FFFF
     q = p + 1
-    for c in range(need):
+    for _ in range(need):
         if q >= end:
             return _REPLACEMENT, q - p, True
         b = np.int64(data[q])

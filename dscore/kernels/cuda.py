@@ -204,7 +204,7 @@ def _decode(data, p, end):
         elif b0 == 0xF4:
             hi = 0x8F  # above U+10FFFF
     q = p + 1
-    for c in range(need):
+    for _ in range(need):
         if q >= end:
             return _REPLACEMENT, q - p, True
         b = np.int64(data[q])

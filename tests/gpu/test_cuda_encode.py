@@ -44,7 +44,9 @@ from ..test_encode import (
 )
 
 pytestmark = [
-    pytest.mark.skipif(not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"),
+    pytest.mark.skipif(
+        not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"
+    ),
     # The simulator runs the uint64 hash arithmetic on numpy scalars, which warn when
     # they wrap; the device (and XXH64) wrap silently.
     pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
@@ -122,7 +124,11 @@ DELIMITED_ROWS = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00
         (Field("f", sep="::", max_len=3, truncate="tail"), ["::a::::b::", ":a:::b", "::", None, "A::Σ::"], "view"),
         (Field("f", sep="Σ", max_len=3, lower=False), ["aΣΣbΣ", "ΣΑΣ", "σ", None], "string"),
         (Field("f", kind="scalar", strip=False), ["ΑΣ", "İ", "ΑΣ'", "A\u00adΣ", None, "\u212a", "  X  ", ""], "string"),
-        (Field("f", kind="list", max_len=2, truncate="tail"), [["a", None, " B "], None, [], ["ΑΣ", "İ", "", "c"]], "list_dict"),
+        (
+            Field("f", kind="list", max_len=2, truncate="tail"),
+            [["a", None, " B "], None, [], ["ΑΣ", "İ", "", "c"]],
+            "list_dict",
+        ),
         (Field("f", kind="list", max_len=3, pad="left"), [["ΑΣ", None], None, ["x"] * 5, [LONG]], "list_view"),
     ],
 )

@@ -29,7 +29,9 @@ from dscore.kernels import cuda as kc
 from .. import naive
 
 pytestmark = [
-    pytest.mark.skipif(not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"),
+    pytest.mark.skipif(
+        not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"
+    ),
     pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),  # see test_cuda_encode.py
 ]
 
@@ -61,7 +63,9 @@ def mixed_table(rng):
     lists = [_list(rng) for _ in range(ROWS)]
     ints = pa.array([None if rng.random() < 0.1 else int(x) for x in rng.integers(-5, 50, ROWS)], pa.int64())
     list_dict = pa.array(lists, pa.list_(pa.string()))
-    list_dict = pa.ListArray.from_arrays(list_dict.offsets, list_dict.values.dictionary_encode(), mask=list_dict.is_null())
+    list_dict = pa.ListArray.from_arrays(
+        list_dict.offsets, list_dict.values.dictionary_encode(), mask=list_dict.is_null()
+    )
     columns = {
         "dict": pa.array(delimited, pa.string()).dictionary_encode(),  # dictionary: encode entries, gather rows
         "list": pa.array(lists, pa.list_(pa.string())),
@@ -86,7 +90,9 @@ def mixed_table(rng):
     keys = sorted({k for f in fields for v in table.column(f.column).to_pylist() for k in naive.keys(v, f)})
     mapping = {k: 2 + i for i, k in enumerate(keys) if i % 3}  # a third of the keys out of vocabulary
     tables = {
-        f.name: pa.table({"token": pa.array(list(mapping), pa.string()), "index": pa.array(list(mapping.values()), pa.int32())})
+        f.name: pa.table(
+            {"token": pa.array(list(mapping), pa.string()), "index": pa.array(list(mapping.values()), pa.int32())}
+        )
         for f in fields
         if f.buckets is None
     }
