@@ -1,7 +1,8 @@
 """Load a model file, place it on a device, and run it on encoded fields in micro-batches.
 
 Formats: TorchScript; ``torch.export`` programs (``.pt2``); a factory
-``"package.module:function"`` plus a state_dict loaded with ``weights_only=True``.
+``"package.module:function"`` plus a state_dict loaded with ``weights_only=True``;
+ONNX (``.onnx``, run by ONNX Runtime: ``dscore.onnx_model``).
 A pickled ``nn.Module`` (``torch.save(model)``) can run arbitrary code when loaded
 and is refused unless the job sets ``model.trust_model: true``.
 """
@@ -89,6 +90,8 @@ def _detect_format(spec: ModelSpec, data: bytes) -> str:
         return "state_dict"
     if spec.path.endswith(".pt2"):
         return "export"
+    if spec.path.lower().endswith(".onnx"):
+        return "onnx"
     try:
         names = zipfile.ZipFile(_io.BytesIO(data)).namelist()
     except zipfile.BadZipFile:
@@ -130,6 +133,10 @@ def load_module(spec: ModelSpec, device: str, storage_options: dict | None = Non
             module = torch.jit.load(buf, map_location=device)
         elif fmt == "export":
             module = torch.export.load(buf).module().to(device)
+        elif fmt == "onnx":
+            from .onnx_model import OnnxModule
+
+            module = OnnxModule.load(data, spec, device)
         elif fmt == "state_dict":
             if not spec.factory:
                 raise ModelError(f"{spec.path}: a state_dict needs model.factory: 'package.module:function'")

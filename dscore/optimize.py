@@ -10,7 +10,9 @@ Runs once per worker process, on the first partition's real rows:
   eager or ``torch.export`` model through ``torch.compile`` (CUDA graphs on GPU),
   with static shapes, the last micro-batch padded so nothing recompiles; ``auto``
   freezes TorchScript when that is faster, and compiles only when the worker's
-  share of the job is long enough to repay the compilation.
+  share of the job is long enough to repay the compilation. Neither applies to an
+  ONNX model (ONNX Runtime optimizes its graph when the session starts): it runs
+  plain, with its batch size tuned like any other.
 
 Every optimized mode is guarded: before use, one batch of real rows goes through
 the plain and the optimized model, and a max absolute difference above
@@ -94,9 +96,20 @@ def autotune_batch(model, arrays: dict) -> tuple[int, dict]:
     return max(rates, key=rates.get), rates
 
 
+ONNX_NOTE = "an ONNX model runs in ONNX Runtime, which optimizes its graph itself"
+
+
+def _is_onnx(model) -> bool:
+    from .onnx_model import OnnxModule
+
+    return isinstance(model.module, OnnxModule)
+
+
 def _freeze(model):
     import torch
 
+    if _is_onnx(model):
+        return None, f"freeze needs a TorchScript model; {ONNX_NOTE}"
     if not isinstance(model.module, torch.jit.ScriptModule):
         return None, "freeze needs a TorchScript model"
     return torch.jit.optimize_for_inference(torch.jit.freeze(model.module)), None
@@ -105,6 +118,8 @@ def _freeze(model):
 def _compile(model):
     import torch
 
+    if _is_onnx(model):
+        return None, f"compile needs a torch model; {ONNX_NOTE}"
     if isinstance(model.module, torch.jit.ScriptModule):
         return None, "compile needs an eager or torch.export model (TorchScript can be frozen)"
     mode = "reduce-overhead" if str(model.device).startswith("cuda") else None  # CUDA graphs
@@ -192,6 +207,8 @@ def _auto_mode(model, plain_rate: float, rows_hint: int | None) -> str:
 
     if isinstance(model.module, torch.jit.ScriptModule):
         return "freeze"
+    if _is_onnx(model):
+        return "none"
     if rows_hint and rows_hint / plain_rate > COMPILE_PAYBACK * COMPILE_SECONDS:
         return "compile"
     return "none"
