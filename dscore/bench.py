@@ -194,8 +194,8 @@ def serial_ceiling(*rates: float) -> float:
 
 # ---------------------------------------------------------------- model only, by mode and batch size
 def _variants(job: str) -> dict:
-    """The demo model as trained (TorchScript) and as eager code plus its state_dict,
-    as job keys over ``job``'s."""
+    """The demo model as trained (TorchScript), as eager code plus its state_dict, and
+    exported to ONNX (``export_onnx``), as job keys over ``job``'s."""
     workdir = os.path.dirname(job)
     with open(os.path.join(workdir, "model.json")) as f:
         kwargs = json.load(f)
@@ -203,12 +203,39 @@ def _variants(job: str) -> dict:
         "torchscript": {},
         "eager": {"model.path": os.path.join(workdir, "state.pt"), "model.factory": "dscore.demo:build_model",
                   "model.factory_kwargs": kwargs},
+        "onnx": {"model.path": os.path.join(workdir, "model.onnx")},
     }  # fmt: skip
 
 
 def _reference(variant: str) -> str:
     """A variant's reference: the TorchScript form of the same model."""
-    return variant.replace("eager", "torchscript")
+    return "torchscript" if variant == "onnx" else variant.replace("eager", "torchscript")
+
+
+def export_onnx(job: str) -> str | None:
+    """The demo model of ``job``'s directory as ``model.onnx`` beside it (exported
+    once, from its eager form); None, with the reason logged, where the ONNX
+    packages (``dscore[onnx]``) are missing or the export fails."""
+    path = os.path.join(os.path.dirname(job), "model.onnx")
+    if os.path.exists(path):
+        return path
+    try:
+        import onnxruntime  # noqa: F401 - without it there is nothing to run the export in
+        import torch
+
+        from .model import load_module
+        from .onnx_model import export
+        from .spec import JobSpec
+
+        spec = JobSpec.load(job, _variants(job)["eager"])
+        module = load_module(spec.model, "cpu")
+        with torch.no_grad():
+            export(module, path + ".tmp", spec.fields)
+        os.replace(path + ".tmp", path)
+        return path
+    except Exception as e:  # noqa: BLE001 - the benchmark goes on without ONNX Runtime
+        _log(f"no ONNX Runtime figures: {type(e).__name__}: {e}")
+        return None
 
 
 def _first_rows(spec, rows: int):
@@ -231,7 +258,7 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     at batch 8192. ``variants`` maps a name to job keys (default: ``_variants(job)``)."""
     from . import optimize
     from .encoding import encode
-    from .model import Model, set_threads
+    from .model import Model, ModelError, set_threads
     from .spec import JobSpec
     from .vocab import Vocabulary
     from .worker import malloc_tuned
@@ -248,9 +275,13 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
         ref = _reference(variant)
         if ref not in references:
             references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(arrays, 8192)
-        model = Model.load(models[variant], spec.fields, device="cpu")
-        model.batch_size = batch
         entry = {"variant": variant, "mode": mode, "batch": batch, **here}
+        try:
+            model = Model.load(models[variant], spec.fields, device="cpu")
+        except ModelError as e:  # an ONNX model without ONNX Runtime installed, say
+            out.append({**entry, "error": str(e)})
+            continue
+        model.batch_size = batch
         t = time.perf_counter()
         if mode != "none":
             runner, why = optimize.BUILDERS[mode](model)
@@ -298,6 +329,10 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, 
     runs (Python threads of one process: the GIL is shared, which eager models with
     small batches can feel). Each entry lists the ``pids`` it ran in.
     """
+    skipped = []
+    if variants is None and any(v == "onnx" for v, _, _ in plan) and export_onnx(job) is None:
+        skipped = [p for p in plan if p[0] == "onnx"]
+        plan = [p for p in plan if p[0] != "onnx"]
     args = (job, plan, MODEL_ONLY_ROWS, seconds, layout.torch_threads, variants)
     if in_process:
         from concurrent.futures import ThreadPoolExecutor
@@ -330,7 +365,8 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, 
             entry["rows_per_s"] = sum(t[i]["rows_per_s"] for t in per_thread)
             entry["max_diff"] = max(t[i]["max_diff"] for t in per_thread)
         rows.append(entry)
-    return rows
+    why = "ONNX Runtime or the ONNX export is not available (pip install 'dscore[onnx]')"
+    return rows + [{"variant": v, "mode": m, "batch": b, "error": why} for v, m, b in skipped]
 
 
 def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str = "none", seconds: float = 5.0,
@@ -341,11 +377,15 @@ def run_model_only(job: str, layout: Layout, batch_size: int = 8192, mode: str =
     return run_model_modes(job, layout, [(variant, mode, batch_size)], seconds, in_process=in_process)[0]
 
 
-def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192, 16384)) -> list:
+def mode_plan(batches=(256, 512, 1024, 2048, 4096, 8192, 16384), compile_batches=(1024, 8192, 16384),
+              onnx_batches=(1024, 8192, 16384)) -> list:  # fmt: skip
+    """``(variant, mode, batch)`` rows of ``dscore bench --model-only``; ``onnx`` is
+    ONNX Runtime on the same model (exported by ``run_model_modes`` when missing)."""
     plan = [("torchscript", "none", b) for b in batches]
     plan += [("torchscript", "freeze", b) for b in batches]
     plan += [("eager", "none", b) for b in compile_batches]
     plan += [("eager", "compile", b) for b in compile_batches]
+    plan += [("onnx", "none", b) for b in onnx_batches]
     return plan
 
 

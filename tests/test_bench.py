@@ -44,6 +44,18 @@ def test_pieces_of_the_benchmark(job):
     assert bench.run_single_process(job, 1024)["rows"] == 12_000
 
 
+def test_onnx_runtime_beside_torchscript(job):
+    """``--model-only`` exports the demo model to ONNX and times ONNX Runtime on the same rows."""
+    assert ("onnx", "none", 8192) in bench.mode_plan()
+    plan = [("torchscript", "none", 1024), ("onnx", "none", 1024), ("onnx", "freeze", 1024)]
+    rows = bench.run_model_modes(job, bench.Layout(1, 1, 1), plan, 0.1, in_process=True)
+    assert os.path.exists(os.path.join(os.path.dirname(job), "model.onnx"))
+    assert [(r["variant"], r["mode"]) for r in rows] == [(v, m) for v, m, _ in plan]
+    assert all(r["rows_per_s"] > 0 and r["max_diff"] <= 1e-6 for r in rows[:2])  # ONNX Runtime == TorchScript
+    assert "ONNX Runtime" in rows[2]["error"]
+    assert "\nonnx        none       1024" in bench.format_modes([*rows, {**rows[0], "batch": 8192}])
+
+
 def test_pandas_baseline_encodes_like_dscore(job):
     """The plain-Dask baseline must do the same work: same indices as dscore for every field."""
     import numpy as np
