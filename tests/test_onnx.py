@@ -63,6 +63,20 @@ def test_session_follows_the_worker_threads(onnx_path):
     assert two.session.get_session_options().intra_op_num_threads == 2
 
 
+def _threads_of_a_session(path):
+    model = Model.load(ModelSpec(path), FIELDS)
+    return model.module.session.get_session_options().intra_op_num_threads, torch.get_num_threads()
+
+
+@pytest.mark.cluster
+def test_workers_sessions_get_the_workers_torch_threads(client, onnx_path):
+    from dscore.pipeline import register
+
+    register(client, 2)  # torch threads per worker process, as model.threads: 2 sets them
+    assert set(client.run(_threads_of_a_session, onnx_path).values()) == {(2, 2)}
+    register(client, 1)
+
+
 def _graph(path, inputs, outputs=("score",), in_type=TensorProto.INT32) -> str:
     """A graph scoring each row as the sum of its first input (cast to float); the
     other inputs are declared and unused. ``outputs`` beyond the first repeat it."""
