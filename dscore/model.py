@@ -116,7 +116,8 @@ def _factory(spec: ModelSpec):
 
 
 def load_module(spec: ModelSpec, device: str, storage_options: dict | None = None, expect: str | None = None):
-    """The ``torch.nn.Module`` (or ScriptModule) that ``spec`` describes, on ``device``, in eval mode.
+    """The ``torch.nn.Module`` (or ScriptModule; for ``.onnx``, an ``OnnxModule`` called
+    the same way) that ``spec`` describes, on ``device``, in eval mode.
 
     ``expect`` is the fingerprint the job recorded; a local file that no longer
     matches it is an error rather than a silent mix of two models.
