@@ -273,8 +273,6 @@ class Model:
             )
 
     def _autocast(self):
-        import contextlib
-
         import torch
 
         if self.spec.precision == "fp32":

@@ -126,10 +126,6 @@ class Output:
         self.fs.invalidate_cache(path)
         return self.fs.ls(path, detail=False)
 
-    def exists(self) -> bool:
-        self._fresh()
-        return self.fs.exists(self.root) and bool(self.ls())
-
     def records(self) -> dict[int, dict]:
         """Finished partitions by index."""
         self._fresh()

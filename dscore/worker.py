@@ -302,9 +302,9 @@ def _in_dask_worker() -> bool:
         return False
 
 
-def default_torch_threads(worker_threads: int, cores: int, procs_on_host: int) -> int:
+def default_torch_threads(worker_threads: int, cores: int) -> int:
     """Cores per Dask thread on this host, at least 1: Dask threads x torch threads <= cores."""
-    return max(1, cores // max(1, worker_threads * procs_on_host))
+    return max(1, cores // max(1, worker_threads))
 
 
 def host_cores() -> int:
@@ -347,7 +347,7 @@ class DscorePlugin(WorkerPlugin):
         else:
             threads = self.torch_threads
         if not threads:
-            threads = default_torch_threads(worker.state.nthreads, host_cores(), 1)
+            threads = default_torch_threads(worker.state.nthreads, host_cores())
         set_threads(threads)
         with config.using(self.settings):
             tuned = tune_malloc()
