@@ -29,6 +29,14 @@ def test_dask_config_overrides_and_is_read_when_used():
     assert config.get("tune.rows") == 8192
 
 
+def test_a_snapshot_does_not_change_with_the_config():
+    snapshot = config.snapshot()
+    with dask.config.set({"dscore.tune.rows": 100}):
+        assert snapshot["tune"]["rows"] == 8192
+        with config.using(snapshot):
+            assert config.get("tune.rows") == 8192
+
+
 def test_environment_variables_override_the_defaults():
     code = "from dscore import config, JobSpec, Field; print(config.get('tune.rows'), config.get('memory.release-at'), "
     code += "JobSpec('in/', 'o/', [Field('f', buckets=8)], 'm.pt').partition_bytes)"
