@@ -154,6 +154,18 @@ def test_a_bug_shows_its_traceback(demo, tmp_path):
     )
 
 
+def test_command_errors_are_one_line(tmp_path):
+    r = dscore("report", str(tmp_path))
+    assert r.returncode == 1 and r.stderr.strip() == f"dscore: error: no _report.json in {str(tmp_path)!r}: no job " \
+                                                     "has finished a run there"  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"input": "in/", "output": "out/", "model": "m.pt",
+                                   "fields": [{"name": "f", "buckets": 8}]}))  # fmt: skip
+    r = dscore("vocab", str(job))
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"dscore: error: {job}: set 'vocab' to the directory the tables should go to"
+
+
 def test_verbose_shows_the_traceback_of_every_error(demo, tmp_path):
     job = write_job(tmp_path, demo, partition_rows="many")
     r = dscore("-v", "score", job)

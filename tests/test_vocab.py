@@ -176,6 +176,20 @@ def test_missing_table_and_directory(tmp_path):
         Vocabulary.load(str(tmp_path), fields=[Field("f"), Field("g")])
     with pytest.raises(FileNotFoundError, match=r"vocabulary directory '.*nope' does not exist"):
         Vocabulary.load(str(tmp_path / "nope"))
+    (tmp_path / "f.parquet").write_bytes(b"not parquet")
+    with pytest.raises(VocabError, match=r"cannot read mapping table .*f.parquet: "):
+        Vocabulary.load(str(tmp_path))
+
+
+def test_tables_changed_while_the_job_runs(tmp_path):
+    from dscore.pipeline import TaskSpec
+    from dscore.spec import ModelSpec
+    from dscore.worker import Runtime
+
+    Vocabulary({"f": table(["a"], [2])}).save(str(tmp_path))
+    task = TaskSpec((Field("f"),), ModelSpec("m.pt"), "fp", str(tmp_path), "the job's fingerprint", ())
+    with pytest.raises(VocabError, match=r"mapping tables in '.*' changed while the job was running; rerun with"):
+        Runtime().vocab(task)
 
 
 def test_unnormalized_user_table_warns():
