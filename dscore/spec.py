@@ -317,7 +317,8 @@ def field_from_dict(data, where: str) -> Field:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to load and call the model.
+    """How to load and call the model: the job file's ``model`` section, validated when
+    constructed (a ``SpecError`` names the key, e.g. ``model.batch_size``).
 
     ``path`` is a TorchScript file, a ``torch.export`` program (``.pt2``), or, with
     ``factory: "package.module:function"``, a state_dict (loaded with
