@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 # Imported on first use: `dask scheduler` and `dask worker` import dscore.cli through
 # the dask_cli entry point, and should not pay for numba, pyarrow and torch there.
 _EXPORTS = {
+    "DscoreError": "errors",
     "Field": "spec",
     "JobSpec": "spec",
     "ModelSpec": "spec",

@@ -4,6 +4,11 @@ Exit statuses: 0 success; 1 error (the message names the file, key, field or
 column at fault); 2 bad command line; 3 the output is partial (partitions were
 quarantined; ``_SUCCESS`` was not written); 4 ``verify`` found a difference above
 its tolerance, or a missing or duplicated row; 130 interrupted (Ctrl-C).
+
+Errors: a ``DscoreError`` (what the user can fix) and an ``OSError`` (the machine's:
+a missing file, a full disk, permission denied; its message names the file) are one
+line on stderr and exit status 1; any other exception is a bug in dscore and shows
+its traceback. With ``-v`` every error shows its traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import logging
 import os
 import sys
 import time
+import traceback
 
 import click
+
+from .errors import DscoreError, JobError, SpecError
 
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
@@ -34,32 +42,63 @@ QUIET_LOGGERS = (
 )
 
 
-def _fail(e) -> None:
-    click.echo(f"dscore: error: {e}", err=True)
-    sys.exit(EXIT_ERROR)
+RESUMES = "rerun the same command to resume where this run stopped"
+RESUMED = "rerun: the job resumes where it stopped"
 
 
-def _errors():
-    """Errors that are the user's to fix, reported as one line rather than a traceback."""
-    from .io import InputError
-    from .model import ModelError
-    from .output import JobError
-    from .spec import SpecError
+class _Main(click.Group):
+    """Runs a command and turns its errors into what the module docstring says."""
 
-    # OSError: the machine's, not dscore's (disk full, permission denied, ...); its
-    # message names the file.
-    return (SpecError, ModelError, JobError, InputError, OSError, ValueError, TypeError)
+    def invoke(self, ctx):
+        verbose = ctx.params.get("verbose", 0)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            scoring = ctx.invoked_subcommand == "score"  # the command a rerun resumes
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"\ndscore: interrupted{'; ' + RESUMES if scoring else ''}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (DscoreError, OSError) as e:
+            if verbose:
+                traceback.print_exc()
+            resume = (
+                ctx.invoked_subcommand == "score" and isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+            )
+            click.echo(f"dscore: error: {e}{'; once that is fixed, ' + RESUMED if resume else ''}", err=True)
+            sys.exit(EXIT_ERROR)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            traceback.print_exc()
+            click.echo(f"dscore: bug: {type(e).__name__}: {e}; please report it with the traceback above", err=True)
+            sys.exit(EXIT_ERROR)
 
 
-def _load(job_path: str, sets) -> object:
+def _load(job_path: str, sets, scheduler: str | None = None):
+    """The job in ``job_path`` with the ``--set`` job keys and ``--scheduler`` applied;
+    ``--set dscore.<key>=VALUE`` items set dask config keys for this process (and the
+    jobs it starts) first, so that defaults read from them apply."""
+    import dask.config
+
+    from . import config  # noqa: F401 - dscore's defaults loaded, so keys can be checked
     from .spec import JobSpec, parse_set
 
-    return JobSpec.load(job_path, parse_set(sets))
+    overrides = parse_set(sets)
+    settings = {k: overrides.pop(k) for k in list(overrides) if k.startswith("dscore.")}
+    missing = object()
+    for key in settings:
+        if dask.config.get(key, default=missing) is missing:
+            raise SpecError(f"--set {key}: no such setting; the settings and their defaults are in dscore/dscore.yaml")
+    dask.config.set(settings)
+    if scheduler:
+        overrides["cluster"] = scheduler
+    return JobSpec.load(job_path, overrides)
 
 
-@click.group(name="dscore", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, name="dscore", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dscore")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug); tracebacks for every error.")
 def main(verbose: int) -> None:
     """Batch scoring of multi-field categorical PyTorch models on Dask."""
     level = logging.WARNING - 10 * min(verbose, 2)
@@ -89,7 +128,12 @@ def main(verbose: int) -> None:
 
 
 _SET = click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a job key, e.g. model.batch_size=4096."
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a job key, e.g. model.batch_size=4096, or with dscore.KEY a dscore setting of dask.config, "
+    "e.g. dscore.tune.rows=4096 (defaults: dscore/dscore.yaml). VALUE is read as YAML. Repeatable.",
 )
 _SCHED = click.option(
     "--scheduler", metavar="ADDR", help="Scheduler address (tcp://host:8786); overrides the job's cluster."
@@ -111,20 +155,8 @@ def score(job, scheduler, sets, overwrite, break_lock, no_progress):
     """Score the job in JOB (a YAML job file)."""
     from .pipeline import run
 
-    try:
-        spec = _load(job, sets)
-        if scheduler:
-            spec = type(spec).load(spec, {"cluster": scheduler})
-        report = run(spec, overwrite=overwrite, break_lock=break_lock, progress=not no_progress)
-    except FileNotFoundError as e:
-        _fail(e)
-    except OSError as e:  # in this process: the output's records, the report
-        _fail(f"{e}; once that is fixed, rerun: the job resumes where it stopped")
-    except _errors() as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        click.echo("\ndscore: interrupted; rerun the same command to resume where this run stopped", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    spec = _load(job, sets, scheduler)
+    report = run(spec, overwrite=overwrite, break_lock=break_lock, progress=not no_progress)
     click.echo(report.format())
     if report.status != "complete":
         sys.exit(EXIT_PARTIAL)
@@ -141,20 +173,17 @@ def vocab(job, scheduler, sets, min_count, max_size):
     from .pipeline import connect
     from .vocab import Vocabulary
 
-    try:
-        spec = _load(job, sets)
-        if not spec.vocab:
-            raise click.UsageError(f"{job}: set 'vocab' to the directory the tables should go to")
-        t = time.perf_counter()
-        with connect(scheduler or spec.cluster, workers=spec.workers, threads_per_worker=spec.threads_per_worker):
-            fitted = Vocabulary.fit(
-                list(spec.input), spec.fields, min_count=min_count, max_size=max_size,
-                storage_options=spec.storage_options, partition_rows=spec.partition_rows,
-                csv=spec.csv, partition_types=spec.partition_types,
-            )  # fmt: skip
-        fitted.save(spec.vocab, storage_options=spec.storage_options)
-    except _errors() as e:
-        _fail(e)
+    spec = _load(job, sets, scheduler)
+    if not spec.vocab:
+        raise SpecError(f"{job}: set 'vocab' to the directory the tables should go to")
+    t = time.perf_counter()
+    with connect(spec.cluster, workers=spec.workers, threads_per_worker=spec.threads_per_worker):
+        fitted = Vocabulary.fit(
+            list(spec.input), spec.fields, min_count=min_count, max_size=max_size,
+            storage_options=spec.storage_options, partition_rows=spec.partition_rows,
+            csv=spec.csv, partition_types=spec.partition_types,
+        )  # fmt: skip
+    fitted.save(spec.vocab, storage_options=spec.storage_options)
     click.echo(f"dscore: wrote {fitted} to {spec.vocab} in {time.perf_counter() - t:.1f}s")
 
 
@@ -193,13 +222,8 @@ def verify(job, scheduler, sets, n, seed, tolerance, against, json_path):
     """
     from . import verify as v
 
-    try:
-        spec = _load(job, sets)
-        if scheduler:
-            spec = type(spec).load(spec, {"cluster": scheduler})
-        result = v.verify(spec, n=n, seed=seed, tolerance=tolerance, against=against)
-    except _errors() as e:
-        _fail(e)
+    spec = _load(job, sets, scheduler)
+    result = v.verify(spec, n=n, seed=seed, tolerance=tolerance, against=against)
     click.echo(v.format_result(result))
     if json_path:
         with open(json_path, "w") as f:
@@ -277,7 +301,11 @@ def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, 
     main_layout = _layouts(layout)[0] if layout else default
     out: dict = {"rows": rows, "machine": b.machine()}
     if zoo:
+        from .zoo import MODELS
+
         names = [n for n in only.split(",") if n]
+        if any(n not in MODELS for n in names):
+            raise click.BadParameter(f"{only!r}: expected names among {', '.join(MODELS)}", param_hint="--only")
         out["models"] = b.models(workdir, rows, main_layout, seconds, names, baselines=not no_baselines)
         click.echo(b.format_models(out["models"]))
     elif model_only:
@@ -311,7 +339,7 @@ def show_report(output):
 
     rep = Output(output).read_json(REPORT)
     if rep is None:
-        _fail(FileNotFoundError(f"no {REPORT} in {output!r}"))
+        raise JobError(f"no {REPORT} in {output!r}: no job has finished a run there")
     click.echo(json.dumps(rep, indent=1))
 
 

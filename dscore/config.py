@@ -15,6 +15,7 @@ half-way.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -39,8 +40,12 @@ def get(key: str):
 
 
 def snapshot() -> dict:
-    """This process's ``dscore`` settings, to carry to tasks (small, picklable)."""
-    return dict(dask.config.get("dscore"))
+    """This process's ``dscore`` settings, to carry to tasks (small, picklable).
+
+    A deep copy: ``dask.config.set`` of a nested key changes its group in place, which
+    would change a running job's snapshot too.
+    """
+    return copy.deepcopy(dask.config.get("dscore"))
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .errors import InputError
 from .spec import CsvSpec
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -401,22 +402,6 @@ class IdTypes:
                     f"output parts must share one schema: cast the column to {want} in this file, "
                     f"or, for CSV input, type it in the job (csv: {{column_types: {{{column}: {typed}}}}})",
                 )  # fmt: skip
-
-
-class InputError(Exception):
-    """A bad input file, row group or column; the message names what is at fault."""
-
-    def __init__(self, url: str, row_groups, column, reason: str):
-        self.url, self.row_groups, self.column, self.reason = url, row_groups, column, reason
-        where = url
-        if row_groups is not None:
-            where += f" (row groups {row_groups[0]}-{row_groups[1] - 1})"
-        if column is not None:
-            where += f", column {column!r}"
-        super().__init__(f"{where}: {reason}")
-
-    def __reduce__(self):
-        return (InputError, (self.url, self.row_groups, self.column, self.reason))
 
 
 def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = None) -> pa.Table:

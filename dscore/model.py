@@ -20,18 +20,14 @@ import zipfile
 
 import numpy as np
 
-from . import io
+from . import config, io
+from .errors import ModelError
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 PROBE_INDEX = 1  # the OOV index: valid for every embedding table, unlike arbitrary ids
-DEFAULT_BATCH = 8192
 PAD_ROWS = 64
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded or called as the job says; names the file."""
 
 
 def fingerprint(url: str, storage_options: dict | None = None) -> str:
@@ -213,7 +209,7 @@ class Model:
         self.spec = spec
         self.device = device
         # Until dscore.optimize.prepare tunes it on real rows ("auto").
-        self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else DEFAULT_BATCH
+        self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else config.get("tune.default-batch")
         self.output_names: list[str] | None = list(spec.outputs) if spec.outputs else None
         self.runner = None  # an optimized module (see dscore.optimize), else the module itself
         self.mode = "none"
@@ -285,8 +281,6 @@ class Model:
             )
 
     def _autocast(self):
-        import contextlib
-
         import torch
 
         if self.spec.precision == "fp32":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import ModelError  # dscore.errors.ModelError, once model.py takes it from there (issue 12)
+from .errors import ModelError
 
 # ONNX Runtime's type names of the inputs dscore can feed, and their numpy types.
 INPUT_TYPES = {

@@ -18,6 +18,9 @@ Every optimized mode is guarded: before use, one batch of real rows goes through
 the plain and the optimized model, and a max absolute difference above
 ``model.tolerance`` falls back to plain with one log line. Scores do not depend on
 the batch size (micro-batches are independent rows).
+
+The tuning budget is the ``dscore.tune`` settings (``dscore.config``, defaults in
+``dscore.yaml``): rows, candidate batch sizes, rounds, what a compile costs.
 """
 
 from __future__ import annotations
@@ -27,22 +30,20 @@ import time
 
 import numpy as np
 
+from . import config
+
 log = logging.getLogger(__name__)
 
-CANDIDATE_BATCHES = (256, 1024, 4096, 16384)
-TUNE_ROWS = 8192  # rows of the first partition used to time candidates
 # Tuning runs while the worker's other threads read and encode (or while the client
 # plans), so one short timing per candidate picked a different size on each run
 # (4096, 1024, 256 for one job, with 3.8x between them). Candidates are timed in
-# interleaved rounds, each pass over all TUNE_ROWS rows, and compared by median;
-# the two best then race again before one is kept.
-TUNE_ROUNDS = 5
-CONFIRM_ROUNDS = 4
+# interleaved rounds (tune.rounds), each pass over all tune.rows rows, and compared
+# by median; the two best then race again (tune.confirm-rounds) before one is kept.
+#
 # A first torch.compile of the demo model took 12.8 s on one core here (later ones
 # hit inductor's disk cache: ~1 s). A worker compiles only when its plain inference
-# time would be several times this, so short jobs never pay for it.
-COMPILE_SECONDS = 15.0
-COMPILE_PAYBACK = 5.0
+# time would be tune.compile-payback times tune.compile-seconds, so short jobs never
+# pay for it.
 
 
 def rows_per_second(model, arrays: dict, batch_size: int, min_seconds: float = 0.03) -> float:
@@ -79,20 +80,21 @@ def race(runs: dict, rounds: int) -> dict:
 
 
 def autotune_batch(model, arrays: dict) -> tuple[int, dict]:
-    """The fastest candidate micro-batch size on (up to ``TUNE_ROWS``) real rows, and
-    the median rate of each candidate."""
-    sample = {n: a[:TUNE_ROWS] for n, a in arrays.items()}
+    """The fastest candidate micro-batch size (``tune.batches``) on (up to ``tune.rows``)
+    real rows, and the median rate of each candidate."""
+    sample = {n: a[: config.get("tune.rows")] for n, a in arrays.items()}
     n = next(iter(sample.values())).shape[0]
-    candidates = [b for b in CANDIDATE_BATCHES if b <= n] or [n]
+    candidates = [b for b in config.get("tune.batches") if b <= n] or [n]
     for b in candidates:  # one untimed pass each: first calls allocate and specialise
         model.predict(sample, b)
     runs = {b: (lambda b=b: _pass_rate(model, sample, b)) for b in candidates}
-    rates = race(runs, TUNE_ROUNDS)
+    rounds, confirm = config.get("tune.rounds"), config.get("tune.confirm-rounds")
+    rates = race(runs, rounds)
     top = sorted(rates, key=rates.get, reverse=True)[:2]
-    if len(top) == 2:  # confirm: the two best race again; their medians over all rounds decide
-        again = race({b: runs[b] for b in top}, CONFIRM_ROUNDS)
+    if len(top) == 2 and confirm:  # confirm: the two best race again; their medians over all rounds decide
+        again = race({b: runs[b] for b in top}, confirm)
         for b in top:
-            rates[b] = (rates[b] * TUNE_ROUNDS + again[b] * CONFIRM_ROUNDS) / (TUNE_ROUNDS + CONFIRM_ROUNDS)
+            rates[b] = (rates[b] * rounds + again[b] * confirm) / (rounds + confirm)
     return max(rates, key=rates.get), rates
 
 
@@ -156,7 +158,7 @@ def try_mode(model, mode: str, arrays: dict) -> tuple[bool, str]:
 def prepare(model, arrays: dict, rows_hint: int | None = None) -> dict:
     """Choose the batch size and execution mode of ``model`` on real rows; return what was chosen."""
     info: dict = {}
-    sample = {n: a[:TUNE_ROWS] for n, a in arrays.items()}
+    sample = {n: a[: config.get("tune.rows")] for n, a in arrays.items()}
     if model.spec.batch_size == "auto":
         model.batch_size, rates = autotune_batch(model, arrays)
         info["batch_rates"] = {str(k): round(v) for k, v in rates.items()}
@@ -197,7 +199,8 @@ def _race_mode(model, sample: dict) -> tuple[float, float]:
         model.use(*use)
         return _pass_rate(model, sample, model.batch_size)
 
-    rates = race({"fast": lambda: timed((runner, mode, pad)), "plain": lambda: timed((None, "none"))}, TUNE_ROUNDS)
+    runs = {"fast": lambda: timed((runner, mode, pad)), "plain": lambda: timed((None, "none"))}
+    rates = race(runs, config.get("tune.rounds"))
     model.use(runner, mode, pad)
     return rates["fast"], rates["plain"]
 
@@ -209,6 +212,6 @@ def _auto_mode(model, plain_rate: float, rows_hint: int | None) -> str:
         return "freeze"
     if _is_onnx(model):
         return "none"
-    if rows_hint and rows_hint / plain_rate > COMPILE_PAYBACK * COMPILE_SECONDS:
+    if rows_hint and rows_hint / plain_rate > config.get("tune.compile-payback") * config.get("tune.compile-seconds"):
         return "compile"
     return "none"

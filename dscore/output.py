@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import io
+from .errors import JobError
 
 SUCCESS = "_SUCCESS"
 JOB = "_job.json"
@@ -54,10 +55,6 @@ JOB_KEY = b"dscore.job"  # part files' key-value metadata: the token of the job 
 def is_lease_file(name: str) -> bool:
     """The lease, or a temporary file of a run taking it (which may be another run's)."""
     return name == LOCK or name.startswith(f".{LOCK}.")
-
-
-class JobError(RuntimeError):
-    """The job cannot run or did not finish; the message says why and what to do."""
 
 
 class Output:
@@ -128,10 +125,6 @@ class Output:
         self._fresh()
         self.fs.invalidate_cache(path)
         return self.fs.ls(path, detail=False)
-
-    def exists(self) -> bool:
-        self._fresh()
-        return self.fs.exists(self.root) and bool(self.ls())
 
     def records(self) -> dict[int, dict]:
         """Finished partitions by index."""

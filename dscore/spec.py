@@ -1,7 +1,9 @@
-"""Typed, validated option objects: ``Field`` (and the job specs built on it).
+"""Typed, validated option objects: ``Field``, ``ModelSpec``, ``CsvSpec``, ``JobSpec``.
 
-Every error names the field and the key at fault, says what was found and what is
-allowed.
+Each validates when it is constructed, so the Python API gets the same checks and
+messages as a YAML job file; every error is a ``SpecError`` that names the key at
+fault (``model.batch_size``, ``fields[2]``), says what was found and what is allowed.
+The job file's keys and their precedence are in docs/design.md.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import KW_ONLY, dataclass
+
+from . import config
+from .errors import SpecError
 
 KINDS = ("delimited", "list", "scalar")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
@@ -80,23 +85,23 @@ class Field:
     buckets: int | None = None
 
     def __post_init__(self):
-        def bad(key, found, expected, exc=ValueError):
-            raise exc(f"field {self.name!r}: {key} is {found!r}; expected {expected}")
+        def bad(key, found, expected):
+            raise SpecError(f"field {self.name!r}: {key} is {found!r}; expected {expected}")
 
         if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"field name must be a non-empty string, got {self.name!r}")
+            raise SpecError(f"field name must be a non-empty string, got {self.name!r}")
         if "/" in self.name or "\\" in self.name:
             bad("name", self.name, "a name without path separators (it names the file <vocab>/<name>.parquet)")
         if self.column is None:
             object.__setattr__(self, "column", self.name)
         elif not isinstance(self.column, str) or not self.column:
-            bad("column", self.column, "a column name (string)", TypeError)
+            bad("column", self.column, "a column name (string)")
         if self.kind not in KINDS:
             bad("kind", self.kind, f"one of {', '.join(KINDS)}")
         if not isinstance(self.sep, str) or not self.sep:
-            bad("sep", self.sep, "a non-empty string", TypeError)
+            bad("sep", self.sep, "a non-empty string")
         if not _is_int(self.max_len):
-            bad("max_len", self.max_len, "a positive integer", TypeError)
+            bad("max_len", self.max_len, "a positive integer")
         if self.max_len < 1:
             bad("max_len", self.max_len, "a positive integer")
         if self.truncate not in TRUNCATE:
@@ -105,12 +110,12 @@ class Field:
             bad("pad", self.pad, f"one of {', '.join(PAD)}")
         for key in ("lower", "strip"):
             if not isinstance(getattr(self, key), bool):
-                bad(key, getattr(self, key), "true or false", TypeError)
+                bad(key, getattr(self, key), "true or false")
         if self.on_invalid_utf8 not in ON_INVALID_UTF8:
             bad("on_invalid_utf8", self.on_invalid_utf8, f"one of {', '.join(ON_INVALID_UTF8)}")
         if self.buckets is not None:
             if not _is_int(self.buckets):
-                bad("buckets", self.buckets, "a positive integer or null", TypeError)
+                bad("buckets", self.buckets, "a positive integer or null")
             if not 1 <= self.buckets <= MAX_BUCKETS:
                 bad("buckets", self.buckets, f"an integer from 1 to {MAX_BUCKETS}")
 
@@ -137,10 +142,6 @@ class Field:
 
 
 # ---------------------------------------------------------------- job files
-class SpecError(ValueError):
-    """A job file or option that does not validate; the message names the key."""
-
-
 def _describe(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
@@ -276,18 +277,24 @@ def _one_char(where, v):
     return _check(where, v, "one character", isinstance(v, str) and len(v) == 1)
 
 
-def _build(cls, data, where: str, checks: dict, required=()):
-    """``cls(**data)`` after checking keys and values; errors name ``where.key``."""
+def _check_keys(data, where: str, allowed, required=()) -> None:
+    """``data`` is a mapping of ``allowed`` keys holding every ``required`` one; errors name ``where.key``."""
     if not isinstance(data, dict):
-        raise SpecError(f"{where or 'job'}: expected a mapping, got {_describe(data)}")
-    prefix = f"{where}." if where else ""
-    unknown = [k for k in data if k not in checks]
+        raise SpecError(f"{where}: expected a mapping, got {_describe(data)}")
+    unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise SpecError(f"unknown key '{prefix}{unknown[0]}'; allowed keys: {', '.join(checks)}")
+        raise SpecError(f"unknown key '{where}.{unknown[0]}'; allowed keys: {', '.join(allowed)}")
     for k in required:
         if k not in data:
-            raise SpecError(f"missing required key '{prefix}{k}'")
-    return cls(**{k: checks[k](f"{prefix}{k}", v) for k, v in data.items()})
+            raise SpecError(f"missing required key '{where}.{k}'")
+
+
+def _validate(spec, prefix: str) -> None:
+    """Check (and normalize: lists to tuples...) each key of the frozen ``spec`` that its
+    ``CHECKS`` name; errors name ``prefix + key``."""
+    for key, check in spec.CHECKS.items():
+        if check is not None:
+            object.__setattr__(spec, key, check(f"{prefix}{key}", getattr(spec, key)))
 
 
 FIELD_KEYS = tuple(f.name for f in dataclasses.fields(Field) if f.name != "_")
@@ -304,13 +311,14 @@ def field_from_dict(data, where: str) -> Field:
         raise SpecError(f"missing required key '{where}.name'")
     try:
         return Field(**data)
-    except (TypeError, ValueError) as e:
+    except SpecError as e:
         raise SpecError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to load and call the model.
+    """How to load and call the model: the job file's ``model`` section, validated when
+    constructed (a ``SpecError`` names the key, e.g. ``model.batch_size``).
 
     ``path`` is a TorchScript file, a ``torch.export`` program (``.pt2``), or, with
     ``factory: "package.module:function"``, a state_dict (loaded with
@@ -345,7 +353,7 @@ class ModelSpec:
 
     CHECKS = {
         "path": _str,
-        "format": _one_of("auto", "torchscript", "export", "state_dict", "pickle"),
+        "format": _one_of("auto", "torchscript", "export", "state_dict", "pickle", "onnx"),
         "factory": _opt_str,
         "factory_kwargs": _mapping,
         "call": _one_of("positional", "keyword"),
@@ -362,11 +370,16 @@ class ModelSpec:
         "trust_model": _bool,
     }
 
+    def __post_init__(self):
+        _validate(self, "model.")
+
     @classmethod
-    def from_dict(cls, data, where: str = "model") -> ModelSpec:
+    def from_dict(cls, data) -> ModelSpec:
+        """A ``ModelSpec`` from a job file's ``model`` (a mapping, or the path alone)."""
         if isinstance(data, str):
             data = {"path": data}
-        return _build(cls, data, where, cls.CHECKS, required=("path",))
+        _check_keys(data, "model", cls.CHECKS, required=("path",))
+        return cls(**data)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -402,9 +415,13 @@ class CsvSpec:
         "column_types": _arrow_types,
     }
 
+    def __post_init__(self):
+        _validate(self, "csv.")
+
     @classmethod
-    def from_dict(cls, data, where: str = "csv") -> CsvSpec:
-        return _build(cls, data, where, cls.CHECKS)
+    def from_dict(cls, data) -> CsvSpec:
+        _check_keys(data, "csv", cls.CHECKS)
+        return cls(**data)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -418,10 +435,14 @@ def _cuda_n(v: str) -> bool:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A whole scoring job: the YAML job file of DESIGN.md §3, validated.
+    """A whole scoring job: the YAML job file (docs/design.md, "Job file"), validated
+    when constructed; ``fields`` may hold ``Field`` objects or their mappings, ``model``
+    a ``ModelSpec``, its mapping or a path.
 
     Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
-    ``--set key=value``) over the job file over the defaults here.
+    ``--set key=value``) over the job file over the defaults here. ``partition_bytes``
+    defaults to the ``dscore.partition-bytes`` setting (``dscore.config``), read when
+    the spec is made.
 
     ``encode_device``: ``auto`` encodes on the GPU when the worker's model is on CUDA
     and numba.cuda can run kernels there, else on the CPU; ``cpu`` always on the CPU;
@@ -450,7 +471,7 @@ class JobSpec:
     threads_per_worker: int | None = None
     memory_limit: str | int | None = "auto"
     partition_rows: int = 1_048_576
-    partition_bytes: int | str = "64MiB"
+    partition_bytes: int | str | None = None
     on_bad_input: str = "fail"
     retries: int = 2
     csv: CsvSpec | None = None
@@ -461,8 +482,8 @@ class JobSpec:
     CHECKS = {
         "input": _str_list,
         "output": _str,
-        "fields": None,  # built by field_from_dict
-        "model": None,  # built by ModelSpec.from_dict
+        "fields": None,  # checked by __post_init__
+        "model": None,
         "vocab": _opt_str,
         "id_columns": _str_list,
         "storage_options": _options,
@@ -476,15 +497,34 @@ class JobSpec:
         "partition_bytes": _bytes,
         "on_bad_input": _one_of("fail", "quarantine"),
         "retries": lambda w, v: _check(w, v, "a non-negative integer", _is_int(v) and v >= 0),
-        "csv": lambda w, v: None if v is None else CsvSpec.from_dict(v, w),
+        "csv": lambda w, v: v if v is None or isinstance(v, CsvSpec) else CsvSpec.from_dict(v),
         "partition_types": _arrow_types,
         "lock_timeout": _pos_number,
     }
     REQUIRED = ("input", "output", "fields", "model")
 
+    def __post_init__(self):
+        fields = self.fields
+        if not isinstance(fields, (list, tuple)) or not fields:
+            raise SpecError(f"fields: expected a non-empty list of fields, got {_describe(fields)}")
+        fields = tuple(f if isinstance(f, Field) else field_from_dict(f, f"fields[{i}]") for i, f in enumerate(fields))
+        names = [f.name for f in fields]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise SpecError(f"fields: field {dup!r} is given twice; names must be unique")
+        object.__setattr__(self, "fields", fields)
+        if not isinstance(self.model, ModelSpec):
+            object.__setattr__(self, "model", ModelSpec.from_dict(self.model))
+        if self.partition_bytes is None:
+            object.__setattr__(self, "partition_bytes", config.get("partition-bytes"))
+        _validate(self, "")
+        if self.vocab is None and any(f.buckets is None for f in fields):
+            need = [f.name for f in fields if f.buckets is None]
+            raise SpecError(f"missing required key 'vocab' (fields {need} use mapping tables)")
+
     @classmethod
     def from_dict(cls, data, source: str = "<dict>") -> JobSpec:
-        """Validate a job mapping; every error is one line naming the key."""
+        """Validate a job mapping; every error is one line naming ``source`` and the key."""
         if not isinstance(data, dict):
             raise SpecError(
                 f"{source}: a job is a mapping of keys (input, output, fields, model, ...), got {_describe(data)}"
@@ -496,22 +536,9 @@ class JobSpec:
             for k in cls.REQUIRED:
                 if k not in data:
                     raise SpecError(f"missing required key '{k}'")
-            raw_fields = data["fields"]
-            if not isinstance(raw_fields, list) or not raw_fields:
-                raise SpecError(f"fields: expected a non-empty list of field mappings, got {_describe(raw_fields)}")
-            fields = tuple(field_from_dict(f, f"fields[{i}]") for i, f in enumerate(raw_fields))
-            names = [f.name for f in fields]
-            dup = next((n for n in names if names.count(n) > 1), None)
-            if dup:
-                raise SpecError(f"fields: field {dup!r} is given twice; names must be unique")
-            values = {k: check(k, data[k]) for k, check in cls.CHECKS.items() if check is not None and k in data}
-            job = cls(fields=fields, model=ModelSpec.from_dict(data["model"]), source=source, **values)
+            return cls(**data, source=source)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from None
-        if job.vocab is None and any(f.buckets is None for f in job.fields):
-            need = [f.name for f in job.fields if f.buckets is None]
-            raise SpecError(f"{source}: missing required key 'vocab' (fields {need} use mapping tables)")
-        return job
 
     @classmethod
     def load(cls, job, overrides: dict | None = None) -> JobSpec:

@@ -122,10 +122,9 @@ def reference_encode(values, field, mapping=None):
         try:
             keys = reference_keys(v, field)
         except UnicodeDecodeError as e:
-            raise ValueError(
-                f"field {field.name!r} (column {field.column!r}): row {i} is not valid UTF-8 ({e}); "
-                f"set on_invalid_utf8: replace on field {field.name!r} to read each invalid sequence as U+FFFD"
-            ) from e
+            from .encoding import InvalidUTF8Error  # the pipeline's error, so the same message
+
+            raise InvalidUTF8Error(field.name, field.column, i, str(e)) from e
         kept = keys[: field.max_len] if field.truncate == "head" else keys[-field.max_len :]
         if field.buckets is not None:
             row = [FIRST + xxh64(k.encode("utf-8")) % field.buckets for k in kept]

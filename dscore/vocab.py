@@ -1,7 +1,7 @@
 """Vocabularies: mapping tables, their exact lookup structures, hashing mode, fitting.
 
-Encoding convention (DESIGN.md §3)
-----------------------------------
+Encoding convention (docs/design.md)
+------------------------------------
 ======  ================================================================
 index   meaning
 ======  ================================================================
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from . import io
 from .encoding import check_field_type, check_fields, tokenize
+from .errors import SpecError, VocabError
 from .kernels import cpu
 from .spec import CsvSpec, Field
 
@@ -72,12 +73,12 @@ def _check_table(name: str, table: pa.Table, where: str) -> pa.Table:
     cols = table.schema.names
     for col in ("token", "index"):
         if col not in cols:
-            raise ValueError(f"{where}: mapping table of field {name!r} has no {col!r} column; columns are {cols}")
+            raise VocabError(f"{where}: mapping table of field {name!r} has no {col!r} column; columns are {cols}")
     token_t, index_t = table.schema.field("token").type, table.schema.field("index").type
     if not (pa.types.is_string(token_t) or pa.types.is_large_string(token_t)):
-        raise TypeError(f"{where}: column 'token' of field {name!r} must be string; found {token_t}")
+        raise VocabError(f"{where}: column 'token' of field {name!r} must be string; found {token_t}")
     if index_t != pa.int32():
-        raise TypeError(
+        raise VocabError(
             f"{where}: column 'index' of field {name!r} must be int32; found {index_t} "
             "(cast it, e.g. table.cast(...) or df['index'].astype('int32'))"
         )
@@ -85,11 +86,11 @@ def _check_table(name: str, table: pa.Table, where: str) -> pa.Table:
     for col in ("token", "index"):
         nulls = table.column(col).null_count
         if nulls:
-            raise ValueError(f"{where}: column {col!r} of field {name!r} has {nulls} null values")
+            raise VocabError(f"{where}: column {col!r} of field {name!r} has {nulls} null values")
     index = table.column("index").to_numpy()
     if len(index) and index.min() < cpu.FIRST_INDEX:
         row = int(np.argmin(index))
-        raise ValueError(
+        raise VocabError(
             f"{where}: field {name!r} maps token {table.column('token')[row].as_py()!r} to index "
             f"{index[row]}; indices 0 (padding) and 1 (out of vocabulary) are reserved, tokens start at 2"
         )
@@ -100,7 +101,7 @@ def _check_table(name: str, table: pa.Table, where: str) -> pa.Table:
         seen: dict = {}
         for row, token in enumerate(tokens.to_pylist()):  # only on the error path
             if token in twice and token in seen:
-                raise ValueError(
+                raise VocabError(
                     f"{where}: field {name!r} lists token {token!r} twice (rows {seen[token]} and {row}); "
                     "tokens must be unique"
                 )
@@ -110,7 +111,7 @@ def _check_table(name: str, table: pa.Table, where: str) -> pa.Table:
         dup = uniq[counts > 1][0]
         rows = np.flatnonzero(index == dup)[:2]
         toks = [table.column("token")[int(r)].as_py() for r in rows]
-        raise ValueError(f"{where}: field {name!r} gives index {dup} to two tokens, {toks[0]!r} and {toks[1]!r}")
+        raise VocabError(f"{where}: field {name!r} gives index {dup} to two tokens, {toks[0]!r} and {toks[1]!r}")
     return table.cast(TABLE_SCHEMA)
 
 
@@ -182,7 +183,7 @@ class Vocabulary:
         data = np.zeros(0, np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)
         values = table.column("index").combine_chunks().to_numpy()
         if 4 * len(tokens) + offsets[-1] - offsets[0] >= 2**32:
-            raise ValueError(f"{self.source}: mapping table of field {name!r} holds over 4 GiB of tokens")
+            raise VocabError(f"{self.source}: mapping table of field {name!r} holds over 4 GiB of tokens")
         # Load factor at most 1/2 keeps linear probes short on hits and misses alike.
         capacity = 1 << max(4, int(2 * max(len(tokens), 1) - 1).bit_length())
         slots, arena, dup = cpu.build_table(offsets, data, values, capacity)
@@ -194,7 +195,7 @@ class Vocabulary:
     def lookup(self, field: Field) -> tuple:
         """The kernel's lookup tuple for ``field`` (built once, then cached)."""
         if field.name not in self._tables:
-            raise ValueError(
+            raise VocabError(
                 f"vocabulary {self.source} has no table for field {field.name!r} "
                 f"(expected {field.name}.parquet; it has {self.names or 'no tables'}); "
                 "fit one with `dscore vocab JOB.yaml` or give the field buckets=N"
@@ -262,7 +263,7 @@ class Vocabulary:
                 with fs.open(target, "rb") as f:
                     tables[name] = pq.read_table(f)
             except Exception as e:
-                raise ValueError(f"cannot read mapping table {target}: {e}") from e
+                raise VocabError(f"cannot read mapping table {target}: {e}") from e
         return cls(tables, source=path)
 
     # -------------------------------------------------------------- fitting
@@ -317,7 +318,7 @@ class Vocabulary:
             schema = io.read_schema(fs, files[0], columns, reading)
             for f in fields:
                 if f.column not in schema.names:
-                    raise ValueError(
+                    raise SpecError(
                         f"field {f.name!r}: column {f.column!r} is not in {first}; columns are {schema.names}"
                     )
                 check_field_type(f, schema.field(f.column).type, where=f"{first}: ")

@@ -21,6 +21,9 @@ import time
 
 from distributed import WorkerPlugin
 
+from . import config
+from .errors import VocabError
+
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +107,10 @@ class Runtime:
                 vocab = Vocabulary.load(task.vocab, fields=task.fields, storage_options=task.storage_options)
                 fp = vocab.fingerprint()
                 if task.vocab_fp and fp != task.vocab_fp:
-                    raise RuntimeError(f"mapping tables in {task.vocab!r} changed while the job was running")
+                    raise VocabError(
+                        f"mapping tables in {task.vocab!r} changed while the job was running; "
+                        "rerun with --overwrite to score everything with the new tables"
+                    )
                 self.vocabs.clear()
                 key = (task.vocab, fp)
                 self.vocabs[key] = vocab
@@ -125,7 +131,6 @@ class Runtime:
 
         from .encoding import encode_table
         from .model import fingerprint
-        from .optimize import TUNE_ROWS
 
         t0 = time.perf_counter()
         try:
@@ -133,7 +138,7 @@ class Runtime:
                 task = dataclasses.replace(task, model_fp=fingerprint(task.model.path, task.storage_options))
             vocab = self.vocab(task)
             model = self.model(task)
-            table = _head(task, piece, TUNE_ROWS)
+            table = _head(task, piece, config.get("tune.rows"))
             if table is not None:
                 arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
                 self.ready_model(task, arrays)
@@ -177,8 +182,6 @@ def runtime() -> Runtime:
     return _RUNTIME
 
 
-RELEASE_AT = 0.6  # of the worker's memory limit
-
 # glibc picks its mmap and trim thresholds dynamically (up to 32 MiB and 64 MiB on
 # 64-bit) until any MALLOC_*_ variable is set. Dask's nanny spawns every worker with
 # MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ), which freezes
@@ -186,10 +189,9 @@ RELEASE_AT = 0.6  # of the worker's memory limit
 # (batch, positions, dim) intermediate then comes from fresh zero-filled pages, mapped
 # and unmapped on each call (~1000 page faults a call for a batch of 256 x 64 tokens),
 # and models ran 3-4x slower in workers than in a plain process. dscore sets glibc's
-# own dynamic ceilings instead, and trims explicitly near the memory limit
-# (``relieve_memory``), which is what bounds a worker's memory.
-MALLOC_MMAP_THRESHOLD = 32 << 20
-MALLOC_TRIM_THRESHOLD = 64 << 20
+# own dynamic ceilings instead (the memory.malloc-*-threshold settings), and trims
+# explicitly near the memory limit (``relieve_memory``), which is what bounds a
+# worker's memory.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
@@ -209,11 +211,14 @@ _MALLOC_TUNED = False
 def tune_malloc() -> bool:
     """Give this process glibc's default-like malloc thresholds; False where not glibc."""
     global _MALLOC_TUNED
+    from dask.utils import parse_bytes
+
     libc = _libc()
     if libc is None:
         return False
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
-    _MALLOC_TUNED = libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) == 1 and ok
+    mmap, trim = (parse_bytes(config.get(f"memory.malloc-{k}-threshold")) for k in ("mmap", "trim"))
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap) == 1
+    _MALLOC_TUNED = libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1 and ok
     return _MALLOC_TUNED
 
 
@@ -245,9 +250,10 @@ def relieve_memory() -> None:
     """Near the worker's memory limit, hand freed memory back to the system.
 
     Arrow's allocator keeps freed memory for reuse, and glibc keeps up to
-    ``MALLOC_TRIM_THRESHOLD`` free at the top of each heap, so a worker's footprint
-    drifts up to its largest partitions'. Releasing after every partition costs about
-    10% throughput (measured), so it is done only above ``RELEASE_AT`` of the limit.
+    ``memory.malloc-trim-threshold`` free at the top of each heap, so a worker's
+    footprint drifts up to its largest partitions'. Releasing after every partition
+    costs about 10% throughput (measured), so it is done only above the
+    ``memory.release-at`` fraction of the limit.
     """
     import psutil
     import pyarrow as pa
@@ -258,7 +264,7 @@ def relieve_memory() -> None:
         limit = get_worker().memory_manager.memory_limit
     except (ValueError, AttributeError):
         return
-    if limit and psutil.Process().memory_info().rss > RELEASE_AT * limit:
+    if limit and psutil.Process().memory_info().rss > config.get("memory.release-at") * limit:
         pa.default_memory_pool().release_unused()
         libc = _libc()
         if libc is not None:
@@ -296,9 +302,9 @@ def _in_dask_worker() -> bool:
         return False
 
 
-def default_torch_threads(worker_threads: int, cores: int, procs_on_host: int) -> int:
+def default_torch_threads(worker_threads: int, cores: int) -> int:
     """Cores per Dask thread on this host, at least 1: Dask threads x torch threads <= cores."""
-    return max(1, cores // max(1, worker_threads * procs_on_host))
+    return max(1, cores // max(1, worker_threads))
 
 
 def host_cores() -> int:
@@ -317,12 +323,17 @@ class DscorePlugin(WorkerPlugin):
         Threads per worker process. Precedence: ``DSCORE_TORCH_THREADS`` in the
         worker's environment (the cluster scripts set it), then this argument,
         then the worker's share of its host's cores.
+
+    The ``dscore`` settings of the process that makes the plugin (the client) are
+    taken with it, and ``setup`` reads them (``dscore.config.using``), so a worker
+    started elsewhere sets malloc as the client's settings say.
     """
 
     name = "dscore"
 
     def __init__(self, torch_threads=None):
         self.torch_threads = torch_threads
+        self.settings = config.snapshot()
 
     def setup(self, worker):
         from .model import set_threads
@@ -336,9 +347,11 @@ class DscorePlugin(WorkerPlugin):
         else:
             threads = self.torch_threads
         if not threads:
-            threads = default_torch_threads(worker.state.nthreads, host_cores(), 1)
+            threads = default_torch_threads(worker.state.nthreads, host_cores())
         set_threads(threads)
-        if not tune_malloc():
+        with config.using(self.settings):
+            tuned = tune_malloc()
+        if not tuned:
             log.info("dscore worker %s: not glibc, malloc thresholds left as they are", worker.address)
         _RUNTIME = Runtime(threads)
         log.info("dscore worker %s: %d dask threads x %d torch threads", worker.address, worker.state.nthreads, threads)

@@ -125,3 +125,51 @@ def test_dask_cli_entry_point():
     r = subprocess.run([DASK, "dscore", "score", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--scheduler" in r.stdout and "JOB" in r.stdout
+
+
+# ---------------------------------------------------------------- errors: one line, or a bug's traceback
+def test_a_dscore_error_is_one_line_and_status_1(demo, tmp_path):
+    job = write_job(tmp_path, demo)
+    r = dscore("score", job, "--set", "dscore.tune.rowz=5")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "dscore: error: --set dscore.tune.rowz: no such setting; the settings and their " \
+                               "defaults are in dscore/dscore.yaml"  # fmt: skip
+
+
+def test_a_bug_shows_its_traceback(demo, tmp_path):
+    job = write_job(tmp_path, demo)
+    code = (
+        "import sys, dscore.pipeline as p\n"
+        "def run(spec, **kw):\n"
+        "    return {}['a key dscore forgot']\n"
+        "p.run = run\n"
+        "from dscore.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "score", job], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and "in run" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "dscore: bug: KeyError: 'a key dscore forgot'; please report it with the traceback above"
+    )
+
+
+def test_command_errors_are_one_line(tmp_path):
+    r = dscore("report", str(tmp_path))
+    assert r.returncode == 1 and r.stderr.strip() == f"dscore: error: no _report.json in {str(tmp_path)!r}: no job " \
+                                                     "has finished a run there"  # fmt: skip
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"input": "in/", "output": "out/", "model": "m.pt",
+                                   "fields": [{"name": "f", "buckets": 8}]}))  # fmt: skip
+    r = dscore("vocab", str(job))
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"dscore: error: {job}: set 'vocab' to the directory the tables should go to"
+
+
+def test_verbose_shows_the_traceback_of_every_error(demo, tmp_path):
+    job = write_job(tmp_path, demo, partition_rows="many")
+    r = dscore("-v", "score", job)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and "SpecError" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("dscore: error: ")
+    assert "partition_rows: expected a positive integer, got 'many' (str)" in r.stderr.strip().splitlines()[-1]

@@ -99,6 +99,8 @@ def test_model_errors(tmp_path, demo):
     garbage.write_bytes(b"PK\x03\x04 definitely not a model")
     with pytest.raises(ModelError, match=r"garbage.pt"):
         Model.load(ModelSpec(str(garbage)), FIELDS)
+    with pytest.raises(ModelError, match=r"model file '.*model.pt' changed while the job was running"):
+        Model.load(ModelSpec(str(demo["root"] / "model.pt")), FIELDS, expect="sha256:" + "0" * 64)
 
 
 def test_devices():

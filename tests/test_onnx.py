@@ -15,7 +15,7 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
-from dscore import ModelSpec, encode
+from dscore import ModelSpec, config, encode
 from dscore import optimize as opt
 from dscore.demo import FIELDS
 from dscore.model import Model, ModelError
@@ -152,7 +152,7 @@ def test_optimize_modes_skip_onnx_and_batches_are_tuned(demo, arrays, onnx_path,
         info = opt.prepare(model, arrays, rows_hint=10**12)  # long enough that auto would compile a torch model
     assert model.mode == "none" and model.runner is None
     assert model.batch_size == info["batch_size"]
-    assert set(info["batch_rates"]) <= {str(b) for b in opt.CANDIDATE_BATCHES}
+    assert set(info["batch_rates"]) <= {str(b) for b in config.get("tune.batches")}
     warned = [r for r in records if r.levelno == logging.WARNING]
     if optimize == "auto":
         assert not warned and "optimize_note" not in info

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dscore import ModelSpec, encode
+from dscore import ModelSpec, config, encode
 from dscore import optimize as opt
 from dscore.demo import FIELDS
 from dscore.model import Model
@@ -30,7 +30,7 @@ def load(demo, **options):
 def test_scores_do_not_depend_on_the_batch_size(demo, arrays):
     """Bit for bit, for every autotuning candidate, with 2000 rows (a partial last batch)."""
     model = load(demo)
-    outs = [model.predict(arrays, bs) for bs in (64, *opt.CANDIDATE_BATCHES)]
+    outs = [model.predict(arrays, bs) for bs in (64, *config.get("tune.batches"))]
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
     odd = model.predict(arrays, 777)  # not a multiple of 64 rows: the last ulp may differ
@@ -42,9 +42,18 @@ def test_autotune_picks_a_measured_candidate(demo, arrays):
     with captured_logs("dscore.optimize", logging.INFO) as records:
         info = opt.prepare(model, arrays)
     rates = {int(k): v for k, v in info["batch_rates"].items()}
-    assert set(rates) == {b for b in opt.CANDIDATE_BATCHES if b <= 2000}
+    assert set(rates) == {b for b in config.get("tune.batches") if b <= 2000}
     assert model.batch_size == max(rates, key=rates.get) == info["batch_size"]
     assert any("batch" in r.getMessage() and "rows/s plain" in r.getMessage() for r in records)
+
+
+def test_tuning_reads_the_dscore_settings_when_it_runs(demo, arrays):
+    import dask
+
+    model = load(demo, batch_size="auto", optimize="none")
+    with dask.config.set({"dscore.tune.batches": [128, 512], "dscore.tune.rounds": 1, "dscore.tune.confirm-rounds": 0}):
+        info = opt.prepare(model, arrays)
+    assert set(info["batch_rates"]) == {"128", "512"} and model.batch_size in (128, 512)
 
 
 def test_fixed_batch_size_turns_autotuning_off(demo, arrays):

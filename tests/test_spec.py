@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dscore import Field
+from dscore.errors import SpecError
 
 
 def test_defaults_and_repr():
@@ -26,16 +27,16 @@ def test_defaults_and_repr():
         ({"kind": "csv"}, ValueError, r"field 'f': kind is 'csv'; expected one of delimited, list, scalar"),
         ({"max_len": 0}, ValueError, r"field 'f': max_len is 0; expected a positive integer"),
         ({"max_len": -3}, ValueError, r"field 'f': max_len is -3; expected a positive integer"),
-        ({"max_len": 2.5}, TypeError, r"field 'f': max_len is 2.5; expected a positive integer"),
-        ({"max_len": True}, TypeError, r"field 'f': max_len is True"),
+        ({"max_len": 2.5}, SpecError, r"field 'f': max_len is 2.5; expected a positive integer"),
+        ({"max_len": True}, SpecError, r"field 'f': max_len is True"),
         ({"truncate": "middle"}, ValueError, r"field 'f': truncate is 'middle'; expected one of head, tail"),
         ({"pad": "both"}, ValueError, r"field 'f': pad is 'both'; expected one of right, left"),
-        ({"sep": ""}, TypeError, r"field 'f': sep is ''; expected a non-empty string"),
-        ({"lower": "yes"}, TypeError, r"field 'f': lower is 'yes'; expected true or false"),
+        ({"sep": ""}, SpecError, r"field 'f': sep is ''; expected a non-empty string"),
+        ({"lower": "yes"}, SpecError, r"field 'f': lower is 'yes'; expected true or false"),
         ({"buckets": 0}, ValueError, r"field 'f': buckets is 0; expected an integer from 1 to"),
         ({"buckets": 2**31}, ValueError, r"field 'f': buckets is 2147483648"),
-        ({"buckets": "10"}, TypeError, r"field 'f': buckets is '10'; expected a positive integer or null"),
-        ({"column": 3}, TypeError, r"field 'f': column is 3; expected a column name"),
+        ({"buckets": "10"}, SpecError, r"field 'f': buckets is '10'; expected a positive integer or null"),
+        ({"column": 3}, SpecError, r"field 'f': column is 3; expected a column name"),
         (
             {"on_invalid_utf8": "skip"},
             ValueError,
@@ -49,7 +50,7 @@ def test_bad_options(kwargs, exc, match):
 
 
 def test_bad_names():
-    with pytest.raises(TypeError, match="field name must be a non-empty string"):
+    with pytest.raises(SpecError, match="field name must be a non-empty string"):
         Field("")
     with pytest.raises(ValueError, match="without path separators"):
         Field("a/b")
@@ -63,7 +64,7 @@ def test_normalize_is_python():
 
 # ---------------------------------------------------------------- job files
 from dscore import JobSpec, ModelSpec  # noqa: E402
-from dscore.spec import SpecError, parse_set  # noqa: E402
+from dscore.spec import parse_set  # noqa: E402
 
 JOB = {
     "input": "data/*.parquet",
@@ -210,3 +211,46 @@ def test_secrets_are_redacted_where_jobs_are_written_or_shown():
         match=r"^<dict>: storage_options: expected a mapping like \{key: \.\.\., secret: \.\.\.\}, got a str$",
     ):
         JobSpec.from_dict({**JOB, "storage_options": "AKIAFAKE:s3cr3t"})
+
+
+# ---------------------------------------------------------------- the Python API checks as a job file does
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ModelSpec("m.pt", batch_size="big"), r"^model.batch_size: expected a positive integer or 'auto'"),
+        (lambda: ModelSpec("m.pt", device="gpu"), r"^model.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (lambda: ModelSpec("", call="keyword"), r"^model.path: expected a string, got '' \(str\)$"),
+        (lambda: JobSpec("in/", "out/", [Field("a")], "m.pt", vocab="v/", partition_rows=0),
+         r"^partition_rows: expected a positive integer, got 0 \(int\)$"),
+        (lambda: JobSpec("in/", "out/", [Field("a")], {"path": "m.pt", "tolerance": -1}, vocab="v/"),
+         r"^model.tolerance: expected a positive number, got -1 \(int\)$"),
+        (lambda: JobSpec("in/", "out/", [Field("a"), {"name": "a"}], "m.pt", vocab="v/"), r"field 'a' is given twice"),
+        (lambda: JobSpec("in/", "out/", [{"name": "a", "max_len": 0}], "m.pt", vocab="v/"),
+         r"^fields\[0\]: field 'a': max_len is 0; expected a positive integer$"),
+        (lambda: JobSpec("in/", "out/", [Field("a")], "m.pt"), r"^missing required key 'vocab' \(fields \['a'\]"),
+        (lambda: JobSpec("in/", "out/", [Field("a")], "m.pt", vocab="v/", csv={"delimiter": ";;"}),
+         r"^csv.delimiter: expected one character"),
+        (lambda: JobSpec("in/", "out/", [Field("a")], "m.pt", vocab="v/", partition_bytes="lots"),
+         r"^partition_bytes: expected a byte count like 64MiB"),
+    ],
+)  # fmt: skip
+def test_specs_validate_when_constructed(make, match):
+    with pytest.raises(SpecError, match=match):
+        make()
+
+
+def test_constructed_job_equals_the_job_file():
+    job = JobSpec(
+        "data/*.parquet", "out/", [Field("apps", max_len=64), {"name": "campaigns", "kind": "list", "max_len": 16}],
+        ModelSpec("model.pt", batch_size=8192, device="auto"), vocab="vocab/", id_columns=["user_id"],
+    )  # fmt: skip
+    assert job == JobSpec.from_dict(JOB)
+    assert job.partition_bytes == "64MiB"  # the dscore.partition-bytes default
+
+
+def test_partition_bytes_default_is_read_from_the_config():
+    import dask
+
+    with dask.config.set({"dscore.partition-bytes": "8MiB"}):
+        assert JobSpec.from_dict(JOB).partition_bytes == "8MiB"
+    assert JobSpec.from_dict({**JOB, "partition_bytes": 1000}).partition_bytes == 1000  # the job file wins
