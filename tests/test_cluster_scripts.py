@@ -25,7 +25,7 @@ import pytest
 import yaml
 from distributed import Client
 
-from dscore.pipeline import register
+from dscore.cluster import register
 
 from .helpers import page_faults_per_call
 
