@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import config
 from .spec import CsvSpec
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -445,14 +446,13 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
     return with_partitions(table, piece, columns, reading)
 
 
-def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None, reading: Reading | None = None):
+def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None, reading: Reading):
     """``read_piece`` as one table, or, when its row groups decode to more than
     ``max_bytes`` (a piece is at least one row group, and a writer may make one row
     group of millions of rows), as consecutive tables of about ``max_bytes / 4`` each,
     streamed from the file in record batches: a worker's memory then bounds the
     partition size, not the input's row-group size. Errors are ``InputError``.
     """
-    reading = reading or Reading()
     if piece.format != "parquet" or not max_bytes:
         yield read_piece(fs, piece, columns, reading)
         return
@@ -464,7 +464,7 @@ def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = Non
             # Neither pre-buffered (pyarrow's default reads every column chunk of the row
             # groups at once: 500 MiB for a 1.5M-row row group before the first batch)
             # nor unbuffered (a column chunk read whole).
-            pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER, pre_buffer=False)
+            pf = pq.ParquetFile(f, buffer_size=stream_buffer(), pre_buffer=False)
             check_file_columns(piece, pf.schema_arrow.names, columns)
             in_file = in_file_columns(piece, columns)
             meta, wanted = pf.metadata, set(in_file)
@@ -488,7 +488,7 @@ def _stream(pf, piece: Piece, columns, reading, max_bytes: int, nbytes: int):
     # Slices of a quarter of the budget: reading one peaks at about 3x its decoded
     # size (builders grow by doubling, then copy; measured 280 MiB for 64 MiB slices).
     batches = pf.iter_batches(
-        batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
+        batch_size=max(int(config.get("stream.min-rows")), rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
         columns=in_file_columns(piece, columns), use_threads=False,
     )  # fmt: skip
     while True:
@@ -499,8 +499,19 @@ def _stream(pf, piece: Piece, columns, reading, max_bytes: int, nbytes: int):
         yield with_partitions(pa.Table.from_batches([batch]), piece, columns, reading)
 
 
-STREAM_BUFFER = 1 << 23
-MIN_STREAM_ROWS = 4096
+def stream_buffer() -> int:
+    """Bytes of the read buffer of a streamed parquet file (``config.get("stream.buffer")``)."""
+    from dask.utils import parse_bytes
+
+    value = config.get("stream.buffer")
+    return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def __getattr__(name: str):
+    # worker._head still reads io.STREAM_BUFFER; it goes once that reads stream_buffer().
+    if name == "STREAM_BUFFER":
+        return stream_buffer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager

@@ -147,7 +147,7 @@ class Report:
 class Progress:
     """A progress bar over partitions on stderr (a line every 10% when not a terminal)."""
 
-    def __init__(self, total: int, done: int = 0, enabled: bool = True):
+    def __init__(self, total: int, done: int, enabled: bool):
         self.total, self.done, self.rows = total, done, 0
         self.enabled = enabled and total > 0
         self.tty = sys.stderr.isatty()
