@@ -25,6 +25,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import fsspec
@@ -268,8 +269,19 @@ def _plan_file(fs, file: InputFile, partition_rows: int, partition_bytes, readin
     return out
 
 
+class Unreadable(NamedTuple):
+    """A file that ``plan`` set aside: its footer could not be read, or its id types differ."""
+
+    url: str
+    identity: dict  # Piece.identity()'s keys: url, size, version
+    error: str
+
+
+FOOTER_THREADS = 16  # footers read at once: on object stores each is a round trip
+
+
 def plan(
-    fs, files: list[InputFile], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None,
+    fs, files: list[InputFile], partition_rows: int, *, bad: list | None = None,
     partition_bytes: int | None = None, reading: Reading | None = None, id_types: IdTypes | None = None,
 ) -> list[Piece]:  # fmt: skip
     """Pieces of at most ``partition_rows`` rows and ``partition_bytes`` uncompressed
@@ -277,9 +289,8 @@ def plan(
 
     A file whose footer cannot be read, or whose id columns differ in type from
     ``id_types`` (parquet footers; CSV columns as ``reading`` types them), raises
-    ``InputError``, or, when ``bad`` is a list, is appended to it as ``(url,
-    identity, error)`` and left out of the plan. Footers are read in a thread pool:
-    on object stores each is a round trip.
+    ``InputError``, or, when ``bad`` is a list, is appended to it as an ``Unreadable``
+    and left out of the plan. Footers are read in a thread pool.
     """
     reading = reading or Reading()
 
@@ -291,14 +302,14 @@ def plan(
                 raise
             return e
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(FOOTER_THREADS, len(files)))) as pool:
         per_file = list(pool.map(one, files))
     pieces = []
     for file, parts in zip(files, per_file):
         if isinstance(parts, InputError):
             info = fs.info(file.path)
             identity = {"url": full_url(fs, file.path), "size": info.get("size"), "version": _version(info)}
-            bad.append((parts.url, identity, str(parts)))
+            bad.append(Unreadable(parts.url, identity, str(parts)))
             continue
         for args in parts:
             pieces.append(Piece(len(pieces), *args))

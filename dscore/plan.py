@@ -103,7 +103,7 @@ class Inputs:
     """The job's input, planned from file metadata alone."""
 
     pieces: list
-    unreadable: list  # (piece, identity, error) of files quarantined at planning
+    unreadable: list[io.Unreadable]  # files quarantined at planning
     files: list  # URLs of every input file
     id_types: io.IdTypes  # the id columns' types, which every part must have
 
@@ -168,7 +168,7 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None, settings: dict | None =
             **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
         },
     }
-    unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in inputs.unreadable]
+    unreadable = [{"index": None, "input": u.identity, "error": u.error} for u in inputs.unreadable]
     task = dataclasses.replace(task, job_token=job_token(header))
     return Plan(job, task, pieces, model.output_names, header, unreadable)
 
