@@ -78,18 +78,17 @@ def layout(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dscore.layout --cores N``: print ``WORKERS THREADS TORCH_THREADS``."""
-    parser = argparse.ArgumentParser(prog="python -m dscore.layout", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m dscore.layout",
+        description="Print WORKERS THREADS TORCH_THREADS for a host by dscore's worker layout rule.",
+    )
     parser.add_argument("--cores", type=int, default=None, help="cores of the host (default: this one's)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs of the host, one worker each (default: 0)")
     for name in ("workers", "threads", "torch-threads"):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"given {name} (default: the rule's)")
     args = parser.parse_args(argv)
-    print(
-        *layout(
-            args.cores or host_cores(), gpus=args.gpus, workers=args.workers, threads=args.threads,
-            torch=args.torch_threads,
-        )
-    )  # fmt: skip
+    cores = args.cores or host_cores()
+    print(*layout(cores, gpus=args.gpus, workers=args.workers, threads=args.threads, torch=args.torch_threads))
     return 0
 
 
