@@ -326,15 +326,16 @@ def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs, settings: dict)
     warming up for this job (``warm``)."""
 
     def start():
-        c = stack.enter_context(
-            connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                    memory_limit=spec.memory_limit, resources=spec.resources, announce=False)
-        )  # fmt: skip
-        check_resources(c, spec.resources)
-        rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
-        register(c, spec.model.threads)
-        if inputs.pieces:
-            warm(c, warm_task(spec, rows, settings), inputs.pieces[0])
+        with config.using(settings):  # a thread of its own: the job's settings, as in run's
+            c = stack.enter_context(
+                connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
+                        memory_limit=spec.memory_limit, resources=spec.resources, announce=False)
+            )  # fmt: skip
+            check_resources(c, spec.resources)
+            rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
+            register(c, spec.model.threads)
+            if inputs.pieces:
+                warm(c, warm_task(spec, rows, settings), inputs.pieces[0])
         return c, time.perf_counter()
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dscore-connect")
