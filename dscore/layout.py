@@ -16,12 +16,8 @@ For a host (or a batch job, or a pod) of C cores:
   so that W x T x K <= C wherever the cores allow.
 
 A value given explicitly (``--workers``, a job's ``threads_per_worker``, ...) wins,
-and the others follow from it by the same rule. Measured on 2 cores
-(docs/benchmarks.md, "worker layout"): 1 process x 2 threads scored as fast as
-2 x 1 in half the memory (one model, one runtime); more processes per host trade
-memory for less GIL contention and smaller failure domains. GPU workers need at
-least two threads, so that one reads and decodes the next partition on the host
-while another encodes and predicts on the GPU (each on its own CUDA stream).
+and the others follow from it by the same rule. Why these numbers, and how each
+launcher applies them: cluster/README.md, "The worker layout".
 
 This module imports nothing heavy: the shell scripts run it before any worker exists.
 """
