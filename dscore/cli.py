@@ -268,11 +268,12 @@ def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, 
     import tempfile
 
     from . import bench as b
-    from .layout import host_cores, layout
+    from .layout import host_cores
+    from .layout import layout as layout_rule  # `layout` is the --layout option here
 
     workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{'models-' if zoo else ''}{rows}")
     cores = host_cores()
-    default = b.Layout(*layout(cores))  # the LocalCluster default (dscore.layout)
+    default = b.Layout(*layout_rule(cores))  # the LocalCluster default (dscore.layout)
     main_layout = _layouts(layout)[0] if layout else default
     out: dict = {"rows": rows, "machine": b.machine()}
     if zoo:
