@@ -255,12 +255,13 @@ VARIANTS = {"fp32": {}, "tf32": {"tf32": True}, "bf16": {"precision": "bf16"}}
 def diff_check(job: dict, devices: Devices, n: int, variants=("fp32", "tf32", "bf16")) -> dict:
     from dscore import pipeline, worker
     from dscore.encoding import encode_table
+    from dscore.plan import plan_job
     from dscore.spec import JobSpec
     from dscore.verify import diff_table, format_table
     from dscore.vocab import Vocabulary
 
     spec = JobSpec.from_dict(job)
-    plan = pipeline.plan_job(spec)  # the client's planning: on the CPU
+    plan = plan_job(spec)  # the client's planning: on the CPU
     table = read_rows(job, n, plan.task.columns)
     vocab = Vocabulary.load(spec.vocab, fields=spec.fields)
     out: dict = {"rows": table.num_rows}
@@ -282,13 +283,15 @@ def diff_check(job: dict, devices: Devices, n: int, variants=("fp32", "tf32", "b
     cpu_task = dataclasses.replace(
         plan.task, model=dataclasses.replace(plan.task.model, device="cpu"), encode_device="cpu"
     )
-    reference, _, _, cpu_exec = pipeline.score_table(table, cpu_task, worker.Runtime())
+    cpu = pipeline.score_table(table, cpu_task, worker.Runtime())
+    reference, cpu_exec = cpu.table, cpu.execution
     names = [c for c in reference.column_names if c not in spec.id_columns]
     for variant in variants:
         model = dataclasses.replace(plan.task.model, device=devices.model, **VARIANTS[variant])
         task = dataclasses.replace(plan.task, model=model, encode_device=devices.encode)
         rt = worker.Runtime()
-        scored, _, seconds, execution = pipeline.score_table(table, task, rt)
+        result = pipeline.score_table(table, task, rt)
+        scored, execution = result.table, result.execution
         where = rt.model(task).device
         rt.close()
         same_ids = scored.column("user_id").equals(reference.column("user_id"))
@@ -367,7 +370,7 @@ def _start_cluster(devices: Devices, threads: int):
     """``(cluster, description)``: what ``cluster: local-cuda`` starts, else a one-worker LocalCluster."""
     from distributed import LocalCluster
 
-    from dscore import pipeline
+    from dscore.cluster import local_cuda_cluster
 
     def local(why):
         cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=True, dashboard_address=":0")
@@ -376,7 +379,7 @@ def _start_cluster(devices: Devices, threads: int):
     if not devices.gpu:
         return local("--cpu")
     try:
-        return pipeline.local_cuda_cluster(threads_per_worker=threads), "LocalCUDACluster (cluster: local-cuda)"
+        return local_cuda_cluster(threads_per_worker=threads), "LocalCUDACluster (cluster: local-cuda)"
     except Exception as e:  # noqa: BLE001 - still measure, on what can be started
         traceback.print_exc(file=sys.stdout)
         say(f"WARNING: no LocalCUDACluster ({type(e).__name__}: {e}); falling back to a LocalCluster of 1 worker")

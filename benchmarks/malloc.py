@@ -19,7 +19,7 @@ import statistics
 from distributed import Client, LocalCluster
 
 from dscore import bench as b
-from dscore.pipeline import register
+from dscore.cluster import register
 
 
 def in_workers(job, variants, plan, plugin: bool, seconds: float) -> float:

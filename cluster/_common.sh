@@ -36,6 +36,19 @@ hostport() {
     if [[ $1 == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi
 }
 
+# worker_layout CORES GPUS WORKERS THREADS TORCH_THREADS: prints "WORKERS THREADS
+# TORCH_THREADS" by dscore's worker layout rule (dscore/layout.py), the one source of
+# it; each of the last three is a number, which wins, or auto.
+worker_layout() {
+    local args=(--cores "$1" --gpus "$2") out
+    [[ $3 == auto ]] || args+=(--workers "$3")
+    [[ $4 == auto ]] || args+=(--threads "$4")
+    [[ $5 == auto ]] || args+=(--torch-threads "$5")
+    out=$("${PYTHON:-python}" -m dscore.layout "${args[@]}") ||
+        die "could not compute the worker layout with '${PYTHON:-python} -m dscore.layout': activate the dscore environment or set PYTHON=/path/to/python"
+    echo "$out"
+}
+
 # layout_env TORCH_THREADS: sets LAYOUT_ENV, the NAME=VALUE list every worker gets.
 # dscore's worker plugin reads DSCORE_TORCH_THREADS for torch.set_num_threads; the
 # thread pools of OpenMP, MKL, OpenBLAS and Numba get the same number, so that a

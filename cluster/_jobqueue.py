@@ -19,6 +19,7 @@ from _launch import (
     security,
     serve,
     stop_on_signals,
+    worker_layout,
 )
 
 
@@ -60,7 +61,7 @@ def build_parser(system: System) -> argparse.ArgumentParser:
         "--processes",
         type=positive_int,
         help="worker processes per job, each with cores/processes Dask threads "
-        "(default: --cores, one single-threaded process per core)",
+        "(default: dscore's layout rule, one per 4 cores)",
     )
     job.add_argument(
         "--walltime",
@@ -119,7 +120,12 @@ def build_parser(system: System) -> argparse.ArgumentParser:
 
 def cluster_kwargs(system: System, args: argparse.Namespace) -> dict:
     """dask-jobqueue keyword arguments for ``args``."""
-    processes = args.processes or args.cores
+    # dask-jobqueue gives each process cores/processes threads: the layout rule's
+    # threads when the processes are its own.
+    processes = args.processes or worker_layout(args.cores).workers
+    lay = worker_layout(
+        args.cores, workers=processes, threads=max(1, args.cores // processes), torch_threads=args.torch_threads
+    )
     scheduler_options = {"port": args.port, "dashboard_address": args.dashboard_address}
     if args.host:
         scheduler_options["host"] = args.host
@@ -131,7 +137,7 @@ def cluster_kwargs(system: System, args: argparse.Namespace) -> dict:
         )
     if args.scheduler_file:
         scheduler_options["scheduler_file"] = str(args.scheduler_file.resolve())
-    env = layout_env(args.torch_threads)
+    env = layout_env(lay.torch_threads)
     kwargs = {
         "cores": args.cores,
         "memory": args.memory,
@@ -170,7 +176,7 @@ async def _job_script(cluster_class, kwargs: dict) -> str:
 def main(system: System, argv: list[str] | None = None) -> int:
     parser = build_parser(system)
     args = parser.parse_args(argv)
-    processes = args.processes or args.cores
+    processes = args.processes or worker_layout(args.cores).workers
     if processes > args.cores:
         parser.error(f"--processes {processes} is more than --cores {args.cores}: each process needs a core")
     if args.cores % processes:

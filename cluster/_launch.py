@@ -1,6 +1,6 @@
-"""Shared by the Python launchers (slurm.py, pbs.py, ssh.py): the worker layout, the
-options every launcher has, TLS from cluster/tls.py files, and serving a started
-cluster until Ctrl-C.
+"""Shared by the Python launchers (slurm.py, pbs.py, ssh.py): the worker layout (by
+dscore's rule, ``dscore.layout``), the options every launcher has, TLS from
+cluster/tls.py files, and serving a started cluster until Ctrl-C.
 
 A launcher keeps the scheduler (or the SSH connections) in its own process, so it
 runs in the foreground: it prints the scheduler address as the last line of stdout
@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-# ---- Defaults: one worker process per core, 1 Dask thread, 1 torch thread each,
-# the same layout as cluster/local.sh. Re-tune from measurements (docs/scaling.md).
-DEFAULT_TORCH_THREADS = 1
+# ---- Defaults. The worker layout is dscore's rule (dscore/layout.py; cluster/README.md,
+# "The worker layout"), the same as cluster/local.sh's and dscore's LocalCluster's.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8786
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"
@@ -41,6 +40,19 @@ def layout_env(torch_threads: int) -> dict[str, str]:
     return dict.fromkeys(LAYOUT_VARS, str(torch_threads))
 
 
+def worker_layout(cores: int, *, workers=None, threads=None, torch_threads=None):
+    """``(workers, threads, torch threads)`` for a host or job of ``cores`` cores by
+    dscore's worker layout rule (``dscore.layout.layout``); given values win."""
+    try:
+        from dscore.layout import layout
+    except ImportError as e:
+        raise SystemExit(
+            f"error: cannot import dscore ({e}), whose worker layout rule the launchers use: "
+            "run them from the dscore environment (pip install -e .)"
+        ) from e
+    return layout(cores, workers=workers, threads=threads, torch=torch_threads)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -56,10 +68,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads",
         type=positive_int,
-        default=DEFAULT_TORCH_THREADS,
         metavar="K",
         help="torch threads per Dask thread, exported to workers as DSCORE_TORCH_THREADS "
-        f"and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS (default: {DEFAULT_TORCH_THREADS})",
+        "and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS (default: the cores left to each Dask thread, "
+        "by dscore's layout rule)",
     )
     parser.add_argument(
         "--port",

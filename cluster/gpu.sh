@@ -3,9 +3,9 @@
 # the scheduler address for `dscore score --scheduler ADDRESS`.
 set -euo pipefail
 
-# ---- Defaults (re-tune from measurements; docs/scaling.md)
-DEFAULT_THREADS=auto      # Dask threads per GPU worker: the cores shared among the GPUs, at least 2
-DEFAULT_TORCH_THREADS=1   # CPU-side torch/OpenMP/MKL/Numba threads per Dask thread
+# ---- Defaults. auto: dscore's worker layout rule (dscore/layout.py; cluster/README.md)
+DEFAULT_THREADS=auto      # Dask threads per GPU worker; auto = the cores shared among the GPUs, at least 2
+DEFAULT_TORCH_THREADS=auto # CPU-side torch/OpenMP/MKL/Numba threads per Dask thread; auto = the cores left
 DEFAULT_MEMORY_LIMIT=auto # host memory per worker before it spills to disk
 DEFAULT_HOST=127.0.0.1
 DEFAULT_PORT=8786
@@ -38,7 +38,7 @@ Needs dask-cuda (environment-gpu.yml, or pip install 'dscore[gpu]') and NVIDIA G
 Options:
   --devices LIST         GPUs to use, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else all)
   --threads T            Dask threads per GPU worker (default: $DEFAULT_THREADS, the
-                         cores divided among the GPUs, at least 2)
+                         cores divided among the GPUs, at least 2: dscore's layout rule)
   --torch-threads K      CPU threads per Dask thread, exported to workers as
                          DSCORE_TORCH_THREADS and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS
                          (default: $DEFAULT_TORCH_THREADS)
@@ -58,7 +58,8 @@ Options:
                          (default: $DEFAULT_TIMEOUT)
   -h, --help             show this help
 
-Environment: DASK (default: dask) is the dask command to run.
+Environment: DASK (default: dask) is the dask command to run; PYTHON (default:
+python) the interpreter with dscore, which computes the layout (python -m dscore.layout).
 EOF
 }
 
@@ -102,7 +103,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ $threads == auto ]] || require_int --threads "$threads" 1
-require_int --torch-threads "$torch_threads" 1
+[[ $torch_threads == auto ]] || require_int --torch-threads "$torch_threads" 1
 require_int --port "$port" 0
 require_int --timeout "$timeout" 1
 [[ $dashboard_port == none ]] || require_int --dashboard-port "$dashboard_port" 0
@@ -127,10 +128,8 @@ else
 fi
 # One reads and decodes the next partition on the host while another encodes and
 # scores on the GPU, each on its own CUDA stream; feeding a GPU takes many readers.
-if [[ $threads == auto ]]; then
-    threads=$(($(ncores) / n_workers))
-    ((threads >= 2)) || threads=2
-fi
+layout=$(worker_layout "$(ncores)" "$n_workers" "$n_workers" "$threads" "$torch_threads")
+read -r _ threads torch_threads <<<"$layout"
 
 scheduler_tls=() worker_tls=() protocol=()
 if [[ -n $tls_dir ]]; then

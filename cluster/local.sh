@@ -3,12 +3,12 @@
 # print the scheduler address for `dscore score --scheduler ADDRESS`.
 set -euo pipefail
 
-# ---- Defaults: one worker process per 4 cores, a Dask thread per core, 1 torch thread
-# each; the same rule as dscore's LocalCluster (dscore/pipeline.py DEFAULT_LAYOUT),
-# chosen by measurement (docs/benchmarks.md, "worker layout"). Everything below reads them.
-DEFAULT_WORKERS=auto      # auto = max(1, cores / 4)
-DEFAULT_THREADS=auto      # auto = cores / workers: Dask threads per worker process
-DEFAULT_TORCH_THREADS=1   # torch/OpenMP/MKL/Numba threads per Dask thread
+# ---- Defaults. auto: dscore's worker layout rule (dscore/layout.py, printed by
+# `python -m dscore.layout --cores N`), the rule of dscore's own LocalCluster and of
+# every launcher here; options given explicitly win and the rest follow from them.
+DEFAULT_WORKERS=auto      # worker processes; auto = one per 4 cores (dscore.layout.cores-per-worker)
+DEFAULT_THREADS=auto      # Dask threads per worker process; auto = the cores left to each worker
+DEFAULT_TORCH_THREADS=auto # torch/OpenMP/MKL/Numba threads per Dask thread; auto = the cores left to each thread
 DEFAULT_MEMORY_LIMIT=auto # per worker process; auto = machine memory x threads / cores
 DEFAULT_HOST=127.0.0.1
 DEFAULT_PORT=8786
@@ -37,10 +37,10 @@ line of stdout (everything else goes to stderr):
 
 Options:
   --workers N          worker processes (default: $DEFAULT_WORKERS = one per 4 cores)
-  --threads T          Dask threads per worker (default: $DEFAULT_THREADS)
+  --threads T          Dask threads per worker (default: $DEFAULT_THREADS = cores / workers)
   --torch-threads K    torch threads per Dask thread, exported to workers as
                        DSCORE_TORCH_THREADS and OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS
-                       (default: $DEFAULT_TORCH_THREADS)
+                       (default: $DEFAULT_TORCH_THREADS = the cores left to each Dask thread)
   --memory-limit M     memory per worker process, e.g. 4GiB (default: $DEFAULT_MEMORY_LIMIT)
   --host H             address to bind the scheduler and workers to
                        (default: $DEFAULT_HOST; 0.0.0.0 exposes them to the network)
@@ -57,7 +57,11 @@ Options:
                        (default: $DEFAULT_TIMEOUT)
   -h, --help           show this help
 
-Environment: DASK (default: dask) is the dask command to run.
+The defaults follow dscore's worker layout rule (cluster/README.md, "The worker
+layout"); \`python -m dscore.layout --cores N\` prints what it gives for N cores.
+
+Environment: DASK (default: dask) is the dask command to run; PYTHON (default:
+python) the interpreter with dscore, which computes the layout.
 EOF
 }
 
@@ -97,11 +101,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-[[ $workers == auto ]] && workers=$(( $(ncores) / 4 > 0 ? $(ncores) / 4 : 1 ))
-[[ $threads == auto ]] && threads=$(( $(ncores) / workers > 0 ? $(ncores) / workers : 1 ))
-require_int --workers "$workers" 1
-require_int --threads "$threads" 1
-require_int --torch-threads "$torch_threads" 1
+[[ $workers == auto ]] || require_int --workers "$workers" 1
+[[ $threads == auto ]] || require_int --threads "$threads" 1
+[[ $torch_threads == auto ]] || require_int --torch-threads "$torch_threads" 1
+layout=$(worker_layout "$(ncores)" 0 "$workers" "$threads" "$torch_threads")
+read -r workers threads torch_threads <<<"$layout"
 require_int --port "$port" 0
 require_int --timeout "$timeout" 1
 [[ $dashboard_port == none ]] || require_int --dashboard-port "$dashboard_port" 0

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Start a Dask cluster over SSH from a hosts file; print its address.
 
-    python cluster/ssh.py HOSTS --workers-per-host 16 [--threads 1] [--torch-threads 1]
+    python cluster/ssh.py HOSTS --cores 16 [--workers-per-host N] [--threads T] [--torch-threads K]
 
 HOSTS lists one host per line (blank lines and # comments are skipped). The first
 host runs the scheduler, the others run --workers-per-host worker processes each;
-a file with a single host runs the scheduler and the workers there. Every host needs
+a file with a single host runs the scheduler and the workers there. The worker
+layout of a host of --cores cores is dscore's rule (dscore/layout.py), as everywhere;
+the options given win. Every host needs
 passwordless SSH from here and the same Python environment (--remote-python) at the
 same path. Uses distributed's SSHCluster, which needs the asyncssh package.
 
@@ -31,9 +33,8 @@ from _launch import (
     security,
     serve,
     stop_on_signals,
+    worker_layout,
 )
-
-DEFAULT_THREADS = 1  # Dask threads per worker process, as in local.sh
 
 
 def read_hosts(path: Path) -> list[str]:
@@ -61,18 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="hosts file; the first host runs the scheduler",
     )
     parser.add_argument(
+        "--cores",
+        type=positive_int,
+        metavar="C",
+        help="cores of each worker host, which the layout rule divides among workers and threads "
+        "(default: --workers-per-host x --threads x --torch-threads)",
+    )
+    parser.add_argument(
         "--workers-per-host",
         type=positive_int,
-        required=True,
         metavar="N",
-        help="worker processes per worker host (usually its number of cores)",
+        help="worker processes per worker host (default: the layout rule's, one per 4 cores)",
     )
     parser.add_argument(
         "--threads",
         type=positive_int,
-        default=DEFAULT_THREADS,
         metavar="T",
-        help=f"Dask threads per worker process (default: {DEFAULT_THREADS})",
+        help="Dask threads per worker process (default: the layout rule's, the cores left to each worker; "
+        "1 without --cores)",
     )
     parser.add_argument(
         "--memory-limit",
@@ -128,14 +135,15 @@ def cluster_spec(args: argparse.Namespace) -> dict:
         connect_options["client_keys"] = [str(p) for p in args.identity]
     if args.known_hosts:
         connect_options["known_hosts"] = None if args.known_hosts == "none" else args.known_hosts
+    lay = host_layout(args)
     worker_options = {
-        "n_workers": args.workers_per_host,
-        "nthreads": args.threads,
+        "n_workers": lay.workers,
+        "nthreads": lay.threads,
         "memory_limit": args.memory_limit,
         "dashboard_address": "127.0.0.1:0",
         # The nanny puts these into the worker process's environment: the layout
         # reaches remote workers without touching their shell setup.
-        "env": layout_env(args.torch_threads),
+        "env": layout_env(lay.torch_threads),
     }
     if args.interface:
         worker_options["interface"] = args.interface
@@ -153,6 +161,16 @@ def cluster_spec(args: argparse.Namespace) -> dict:
         "scheduler_options": scheduler_options,
         "remote_python": args.remote_python,
     }
+
+
+def host_layout(args: argparse.Namespace):
+    """The layout of each worker host: the rule's for ``--cores``; without it, the host
+    is taken to have the cores the given options use (one thread, one torch thread
+    each by default)."""
+    if args.cores is None and args.workers_per_host is None:
+        raise SystemExit("ssh.py: error: pass --cores (cores of each worker host) or --workers-per-host")
+    cores = args.cores or args.workers_per_host * (args.threads or 1) * (args.torch_threads or 1)
+    return worker_layout(cores, workers=args.workers_per_host, threads=args.threads, torch_threads=args.torch_threads)
 
 
 def tls_config(sec) -> dict:
@@ -180,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     sec = security(args.tls)
     if sec is not None:
         spec["scheduler_options"]["protocol"] = "tls"
-    n_workers = (len(spec["hosts"]) - 1) * args.workers_per_host
+    n_workers = (len(spec["hosts"]) - 1) * spec["worker_options"]["n_workers"]
 
     if args.dry_run:
         print(json.dumps({**spec, "tls": str(args.tls.resolve()) if args.tls else None}, indent=2))

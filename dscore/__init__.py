@@ -11,7 +11,7 @@ _EXPORTS = {
     "Field": "spec",
     "JobSpec": "spec",
     "ModelSpec": "spec",
-    "Scorer": "pipeline",
+    "Scorer": "scorer",
     "Vocabulary": "vocab",
     "bucket_index": "vocab",
     "encode": "encoding",

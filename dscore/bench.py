@@ -130,7 +130,7 @@ def _read_piece(piece, columns, storage_options):
 def _pieces(job: str) -> tuple:
     """The job's input pieces, as ``dscore.run`` plans them, and a task spec without fingerprints."""
     from . import io
-    from .pipeline import plan_pieces, warm_task
+    from .plan import plan_pieces, warm_task
     from .spec import JobSpec
 
     spec = JobSpec.load(job)
@@ -173,7 +173,7 @@ def _encode_piece(piece, task) -> tuple:
 def run_encode_only(job: str, layout: Layout) -> dict:
     """Encoding every partition, already read, on the same layout: rows over the
     encode time of all worker threads together."""
-    from .pipeline import register
+    from .cluster import register
 
     pieces, task = _pieces(job)
     cluster, client = _cluster(layout)
@@ -340,7 +340,7 @@ def run_model_modes(job: str, layout: Layout, plan: list, seconds: float = 3.0, 
         with _threads_restored(), ThreadPoolExecutor(layout.workers * layout.threads) as pool:
             per_thread = list(pool.map(lambda _: _modes_in_process(*args), range(layout.workers * layout.threads)))
     else:
-        from .pipeline import register
+        from .cluster import register
 
         cluster, client = _cluster(layout)
         try:

@@ -120,7 +120,7 @@ def main(verbose: int) -> None:
             "distributed.worker.state_machine",
             "distributed.client",
         ):
-            logging.getLogger(name).setLevel(logging.CRITICAL)  # and in local workers: pipeline.connect
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # and in local workers: cluster.connect
     # The object-store clients' debug logs print request headers, access key ids
     # included: -vv is dscore's and distributed's debug output, not theirs.
     for name in QUIET_LOGGERS:
@@ -170,7 +170,7 @@ def score(job, scheduler, sets, overwrite, break_lock, no_progress):
 @click.option("--max-size", type=click.IntRange(min=1), default=None, help="Keep at most this many tokens per field.")
 def vocab(job, scheduler, sets, min_count, max_size):
     """Fit the mapping tables of JOB's fields on its input and write them to its vocab directory."""
-    from .pipeline import connect
+    from .cluster import connect
     from .vocab import Vocabulary
 
     spec = _load(job, sets, scheduler)
@@ -292,12 +292,12 @@ def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, 
     import tempfile
 
     from . import bench as b
-    from .pipeline import DEFAULT_LAYOUT
-    from .worker import host_cores
+    from .layout import host_cores
+    from .layout import layout as layout_rule  # `layout` is the --layout option here
 
     workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{'models-' if zoo else ''}{rows}")
     cores = host_cores()
-    default = b.Layout(DEFAULT_LAYOUT["workers"](cores), DEFAULT_LAYOUT["threads_per_worker"](cores), 1)
+    default = b.Layout(*layout_rule(cores))  # the LocalCluster default (dscore.layout)
     main_layout = _layouts(layout)[0] if layout else default
     out: dict = {"rows": rows, "machine": b.machine()}
     if zoo:

@@ -25,6 +25,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import fsspec
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from . import config
 from .errors import InputError
 from .spec import CsvSpec
 
@@ -268,8 +270,19 @@ def _plan_file(fs, file: InputFile, partition_rows: int, partition_bytes, readin
     return out
 
 
+class Unreadable(NamedTuple):
+    """A file that ``plan`` set aside: its footer could not be read, or its id types differ."""
+
+    url: str
+    identity: dict  # Piece.identity()'s keys: url, size, version
+    error: str
+
+
+FOOTER_THREADS = 16  # footers read at once: on object stores each is a round trip
+
+
 def plan(
-    fs, files: list[InputFile], partition_rows: int = 1 << 20, threads: int = 16, bad: list | None = None,
+    fs, files: list[InputFile], partition_rows: int, *, bad: list | None = None,
     partition_bytes: int | None = None, reading: Reading | None = None, id_types: IdTypes | None = None,
 ) -> list[Piece]:  # fmt: skip
     """Pieces of at most ``partition_rows`` rows and ``partition_bytes`` uncompressed
@@ -277,9 +290,8 @@ def plan(
 
     A file whose footer cannot be read, or whose id columns differ in type from
     ``id_types`` (parquet footers; CSV columns as ``reading`` types them), raises
-    ``InputError``, or, when ``bad`` is a list, is appended to it as ``(url,
-    identity, error)`` and left out of the plan. Footers are read in a thread pool:
-    on object stores each is a round trip.
+    ``InputError``, or, when ``bad`` is a list, is appended to it as an ``Unreadable``
+    and left out of the plan. Footers are read in a thread pool.
     """
     reading = reading or Reading()
 
@@ -291,14 +303,14 @@ def plan(
                 raise
             return e
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(FOOTER_THREADS, len(files)))) as pool:
         per_file = list(pool.map(one, files))
     pieces = []
     for file, parts in zip(files, per_file):
         if isinstance(parts, InputError):
             info = fs.info(file.path)
             identity = {"url": full_url(fs, file.path), "size": info.get("size"), "version": _version(info)}
-            bad.append((parts.url, identity, str(parts)))
+            bad.append(Unreadable(parts.url, identity, str(parts)))
             continue
         for args in parts:
             pieces.append(Piece(len(pieces), *args))
@@ -430,14 +442,13 @@ def read_piece(fs, piece: Piece, columns: list[str], reading: Reading | None = N
     return with_partitions(table, piece, columns, reading)
 
 
-def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = None, reading: Reading | None = None):
+def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None, reading: Reading):
     """``read_piece`` as one table, or, when its row groups decode to more than
     ``max_bytes`` (a piece is at least one row group, and a writer may make one row
     group of millions of rows), as consecutive tables of about ``max_bytes / 4`` each,
     streamed from the file in record batches: a worker's memory then bounds the
     partition size, not the input's row-group size. Errors are ``InputError``.
     """
-    reading = reading or Reading()
     if piece.format != "parquet" or not max_bytes:
         yield read_piece(fs, piece, columns, reading)
         return
@@ -449,7 +460,7 @@ def iter_piece(fs, piece: Piece, columns: list[str], max_bytes: int | None = Non
             # Neither pre-buffered (pyarrow's default reads every column chunk of the row
             # groups at once: 500 MiB for a 1.5M-row row group before the first batch)
             # nor unbuffered (a column chunk read whole).
-            pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER, pre_buffer=False)
+            pf = pq.ParquetFile(f, buffer_size=stream_buffer(), pre_buffer=False)
             check_file_columns(piece, pf.schema_arrow.names, columns)
             in_file = in_file_columns(piece, columns)
             meta, wanted = pf.metadata, set(in_file)
@@ -473,7 +484,7 @@ def _stream(pf, piece: Piece, columns, reading, max_bytes: int, nbytes: int):
     # Slices of a quarter of the budget: reading one peaks at about 3x its decoded
     # size (builders grow by doubling, then copy; measured 280 MiB for 64 MiB slices).
     batches = pf.iter_batches(
-        batch_size=max(MIN_STREAM_ROWS, rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
+        batch_size=max(int(config.get("stream.min-rows")), rows * max_bytes // (4 * nbytes)), row_groups=range(*rgs),
         columns=in_file_columns(piece, columns), use_threads=False,
     )  # fmt: skip
     while True:
@@ -484,8 +495,12 @@ def _stream(pf, piece: Piece, columns, reading, max_bytes: int, nbytes: int):
         yield with_partitions(pa.Table.from_batches([batch]), piece, columns, reading)
 
 
-STREAM_BUFFER = 1 << 23
-MIN_STREAM_ROWS = 4096
+def stream_buffer() -> int:
+    """Bytes of the read buffer of a streamed parquet file (``config.get("stream.buffer")``)."""
+    from dask.utils import parse_bytes
+
+    value = config.get("stream.buffer")
+    return parse_bytes(value) if isinstance(value, str) else int(value)
 
 
 @contextlib.contextmanager

@@ -35,13 +35,12 @@ import uuid
 
 import psutil
 
-from . import io
-from .output import LOCK, JobError, Output
+from . import config, io
+from .errors import JobError
+from .output import LOCK, Output
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 300.0  # seconds without renewal after which a lease is stale
-RENEWALS_PER_TIMEOUT = 10
 # Stores on which fsspec's pipe_file(mode="create") is a conditional put.
 CONDITIONAL_PUT = ("s3", "s3a")
 KEYS = ("id", "host", "pid", "user", "since", "renewed")
@@ -63,9 +62,8 @@ def describe(holder: dict) -> str:
     return f"{holder['user']}@{holder['host']} (pid {holder['pid']}) since {_when(holder['since'])}"
 
 
-def stale_reason(holder: dict, timeout: float, now: float | None = None) -> str | None:
+def stale_reason(holder: dict, timeout: float) -> str | None:
     """Why ``holder``'s lease may be taken over, or ``None`` while it is live."""
-    now = time.time() if now is None else now
     if holder["host"] == socket.gethostname():
         try:
             started = psutil.Process(holder["pid"]).create_time()
@@ -74,7 +72,7 @@ def stale_reason(holder: dict, timeout: float, now: float | None = None) -> str 
         if holder.get("pid_started") is not None and abs(started - holder["pid_started"]) > 1:
             return f"its process (pid {holder['pid']} on this host) is gone; the pid is now another process's"
     limit = max(timeout, holder.get("timeout") or 0)
-    age = now - holder["renewed"]
+    age = time.time() - holder["renewed"]
     if age > limit:
         return f"it has not been renewed for {age:.0f}s (lock_timeout {limit:.0f}s)"
     return None
@@ -84,11 +82,15 @@ class Lease:
     """The lease of one run on one output; see the module docstring.
 
     Use ``Lease.acquire(out, timeout)`` as a context manager: leaving it stops the
-    renewals and removes the lease (if it is still this run's).
+    renewals and removes the lease (if it is still this run's). ``timeout`` None is
+    ``config.get("lease.timeout")``; it is renewed ``lease.renewals-per-timeout``
+    times per timeout.
     """
 
-    def __init__(self, out: Output, timeout: float):
-        self.out, self.timeout = out, float(timeout)
+    def __init__(self, out: Output, timeout: float | None):
+        self.out = out
+        self.timeout = float(config.get("lease.timeout") if timeout is None else timeout)
+        self.renew_every = self.timeout / float(config.get("lease.renewals-per-timeout"))
         self.path = out.path(LOCK)
         now = time.time()
         self.holder = {
@@ -107,7 +109,7 @@ class Lease:
 
     # -------------------------------------------------------------- taking it
     @classmethod
-    def acquire(cls, out: Output, timeout: float = DEFAULT_TIMEOUT, *, break_lock: bool = False) -> Lease:
+    def acquire(cls, out: Output, timeout: float | None = None, *, break_lock: bool = False) -> Lease:
         """Take the lease on ``out``, or raise ``JobError`` naming its holder."""
         lease = cls(out, timeout)
         broken = None
@@ -122,7 +124,7 @@ class Lease:
                 reason = "--break-lock"
                 broken = current["id"]
             else:
-                reason = stale_reason(current, timeout)
+                reason = stale_reason(current, lease.timeout)
             if reason is None:
                 raise JobError(
                     f"output {out.url!r} is being written by {describe(current)}: one run per output. "
@@ -230,7 +232,7 @@ class Lease:
         self._thread.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.timeout / RENEWALS_PER_TIMEOUT):
+        while not self._stop.wait(self.renew_every):
             try:
                 current = self.read()
                 if current is None or current["id"] != self.holder["id"]:

@@ -1,14 +1,15 @@
-"""The scoring job: read -> encode -> predict -> write, one task per input partition.
+"""The scoring job: read -> encode -> predict -> write, one task per input piece.
 
-``score_table`` is the pure per-partition function (Arrow in, Arrow out). Two Dask
-drivers use it:
-
-* ``Scorer.score(ddf)``: a lazy ``map_partitions`` over a user's dask DataFrame.
-* ``run(job)``: a whole job. Its unit of work is an input *piece* (a file, or a run
-  of row groups of one; see ``io.plan``), submitted with ``client.map`` rather than
-  built as a dask DataFrame, because exactly-once output needs to know which input
-  each task covers: every piece has a deterministic output name and a durable
-  record (``output.Output``), so retries overwrite and reruns resume.
+``score_table`` is the pure per-partition function (Arrow in, Arrow out);
+``score_piece`` is a job's task: it reads a piece, scores it slice by slice and
+commits its part file. ``run(job)`` is the job itself: it plans (``dscore.plan``)
+while the cluster starts (``dscore.cluster``), checks what an earlier run left,
+submits the missing pieces with ``client.map`` rather than as a dask DataFrame,
+because exactly-once output needs to know which input each task covers (every
+piece has a deterministic output name and a durable record, ``output.Output``, so
+retries overwrite and reruns resume), and finishes with the manifest, ``_SUCCESS``
+and the ``Report`` (``dscore.report``). ``Scorer`` (``dscore.scorer``) runs
+``score_table`` over a user's dask DataFrame instead.
 """
 
 from __future__ import annotations
@@ -16,75 +17,47 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import posixpath
-import sys
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import psutil
 import pyarrow as pa
 
-from . import io
-from .encoding import FieldStats, InvalidUTF8Error, check_field_type, check_fields, encode_table
+from . import config, io
+from .cluster import announce_cluster, check_resources, connect, register, warm
+from .encoding import FieldStats, InvalidUTF8Error, encode_table
+from .errors import JobError
 from .lease import Lease
-from .model import Model, ModelError
-from .model import fingerprint as model_fingerprint
-from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, JobError, Output, check_apart
-from .spec import ENCODE_DEVICES, Field, JobSpec, ModelSpec, SpecError
-from .worker import DscorePlugin, host_cores, peak_rss, relieve_memory, runtime, torch_threads_per_host
+from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, Output
+from .plan import Inputs, Plan, TaskSpec, check_schema, plan_inputs, plan_job, warm_task
+from .report import Progress, Report
+from .spec import JobSpec, SpecError
+from .worker import peak_rss, relieve_memory, runtime
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-STAGES = ("read", "encode", "tune", "predict", "write")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task needs to score a partition: paths and fingerprints, never the
-    model or the tables themselves (workers load those once; see ``worker``)."""
-
-    fields: tuple
-    model: ModelSpec
-    model_fp: str | None  # None only in a warm-up spec (warm_task): the worker computes it
-    vocab: str | None
-    vocab_fp: str | None
-    id_columns: tuple
-    # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
-    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
-    rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
-    job_token: str = ""  # job_token(plan header): in every record and part file, checked before _SUCCESS
-    encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
-    partition_bytes: int | None = None  # a larger row group is scored in slices of this size (io.iter_piece)
-    reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
-    id_types: io.IdTypes | None = None  # every part must have these (the first file's)
-
-    @property
-    def columns(self) -> list[str]:
-        """Input columns to read: ids first, then each field's column once."""
-        return input_columns(self.fields, self.id_columns)
-
-
-def input_columns(fields, id_columns) -> list[str]:
-    """The input columns a job reads: ids first, then each field's column once."""
-    return list(dict.fromkeys([*id_columns, *(f.column for f in fields)]))
-
 
 # ---------------------------------------------------------------- per partition
-def score_table(table: pa.Table, task: TaskSpec, rt=None):
-    """Score one partition: ``(output table, {field: FieldStats}, {stage: seconds},
-    {batch_size, mode})``.
+class Scored(NamedTuple):
+    """What ``score_table`` returns for one partition."""
 
-    The output holds ``task.id_columns`` then one float32 column per model output,
-    one row per input row, in input order.
-    """
-    rt = rt or runtime()
+    table: pa.Table  # task.id_columns, then one float32 column per model output; a row per input row, in order
+    stats: dict  # {field name: FieldStats}
+    seconds: dict  # {stage: seconds}: encode, tune, predict
+    execution: dict  # how the model ran: batch_size, mode (and what tuning measured: batch_rates, mode_rates)
+
+
+def score_table(table: pa.Table, task: TaskSpec, rt=None) -> Scored:
+    """Score one partition (in the worker's ``runtime()``, or ``rt``), under the job's
+    settings (``task.settings``)."""
+    with config.using(task.settings):
+        return _score_table(table, task, rt or runtime())
+
+
+def _score_table(table: pa.Table, task: TaskSpec, rt) -> Scored:
     vocab = rt.vocab(task)
     t0 = time.perf_counter()
     device = rt.encode_device(task)  # "auto" asks the model's device: may load it
@@ -102,7 +75,7 @@ def score_table(table: pa.Table, task: TaskSpec, rt=None):
     info = getattr(model, "info", None) or {}
     execution = {"batch_size": model.batch_size, "mode": model.mode}
     execution.update({k: info[k] for k in ("batch_rates", "mode_rates") if k in info})  # what tuning measured
-    return pa.table(cols), stats, seconds, execution
+    return Scored(pa.table(cols), stats, seconds, execution)
 
 
 def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bool) -> dict:
@@ -110,8 +83,13 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
 
     A piece is read, scored and written slice by slice when its row group is larger
     than ``task.partition_bytes`` (``io.iter_piece``); its part file is still one
-    file, committed once complete.
+    file, committed once complete. Runs under the job's settings (``task.settings``).
     """
+    with config.using(task.settings):
+        return _score_piece(piece, task, output_url, quarantine)
+
+
+def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bool) -> dict:
     t0 = time.perf_counter()
     fs, _ = io.url_to_fs(piece.url, task.storage_options)
     stats: dict = {f.name: FieldStats() for f in task.fields}
@@ -133,19 +111,20 @@ def score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: bo
                     task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
             seconds["read"] += time.perf_counter() - start
             try:
-                scored, slice_stats, slice_seconds, execution = score_table(table, task)
+                scored = _score_table(table, task, runtime())
             except InvalidUTF8Error as e:
                 row = f"row {rows + e.row}"
                 if piece.format == "parquet":  # rows count from the piece's first row group
                     row += f" of row groups {piece.rg_start}-{piece.rg_stop - 1}"
                 raise io.InputError(piece.url, None, None, e.reason(row)) from e
-            for name, s in slice_stats.items():
+            for name, s in scored.stats.items():
                 stats[name].add(s)
-            for k, v in slice_seconds.items():
+            for k, v in scored.seconds.items():
                 seconds[k] += v
-            rows += scored.num_rows
+            execution = scored.execution
+            rows += scored.table.num_rows
             del table
-            yield scored
+            yield scored.table
             relieve_memory()
             start = time.perf_counter()
         if piece.rows is not None and rows != piece.rows:  # before the part is committed
@@ -187,448 +166,7 @@ def _rgs(piece):
     return (piece.rg_start, piece.rg_stop) if piece.format == "parquet" else None
 
 
-# ---------------------------------------------------------------- planning (client side)
-def _fields_digest(fields, id_columns, outputs) -> str:
-    payload = json.dumps(
-        {"fields": [f.to_dict() for f in fields], "id_columns": list(id_columns), "outputs": list(outputs)},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-@dataclass
-class Plan:
-    job: JobSpec
-    task: TaskSpec
-    pieces: list
-    outputs: list
-    header: dict
-    unreadable: list  # files quarantined at planning: their footer could not be read
-
-
-def check_schema(schema: pa.Schema, fields: Sequence[Field], id_columns, where: str = "") -> None:
-    """Every field's column exists with a usable type, and every id column exists.
-
-    Raises ``SpecError`` (missing column) or ``TypeError`` naming the field, the
-    column, the expected and the found type, prefixed by ``where``.
-    """
-    prefix = f"{where}: " if where else ""
-    for f in fields:
-        if f.column not in schema.names:
-            raise SpecError(
-                f"{prefix}field {f.name!r} reads column {f.column!r}, which is not in the input; "
-                f"columns are {schema.names}"
-            )
-        check_field_type(f, schema.field(f.column).type, where=prefix)
-    for c in id_columns:
-        if c not in schema.names:
-            raise SpecError(f"{prefix}id column {c!r} is not in the input; columns are {schema.names}")
-
-
-@dataclass
-class Inputs:
-    """The job's input, planned from file metadata alone."""
-
-    pieces: list
-    unreadable: list  # (piece, identity, error) of files quarantined at planning
-    files: list  # URLs of every input file
-    id_types: io.IdTypes  # the id columns' types, which every part must have
-
-
-def plan_inputs(job: JobSpec) -> Inputs:
-    """Expand the input, check the first file's schema and plan the pieces: metadata
-    only, so that this fails fast (naming the file, field or column) and the cluster
-    can start while the rest of ``plan_job`` loads the model."""
-    fs, files = io.expand(list(job.input), job.storage_options)
-    check_apart(Output(job.output, job.storage_options), job.input, fs, [f.path for f in files])
-    reading = reading_of(job)
-    unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
-    if unknown:
-        raise SpecError(
-            f"partition_types.{unknown[0]}: no input directory is named {unknown[0]}=...; "
-            "remove the key or fix the input"
-        )
-    columns = input_columns(job.fields, job.id_columns)
-    first_file, schema = _first_schema(fs, files, columns, reading, job.on_bad_input == "quarantine")
-    first = io.full_url(fs, first_file.path)
-    check_schema(schema, job.fields, job.id_columns, first)
-    id_types = io.IdTypes.of(schema, job.id_columns, first)
-    bad: list | None = [] if job.on_bad_input == "quarantine" else None
-    pieces = plan_pieces(job, fs, files, bad, id_types)
-    return Inputs(pieces, bad or [], [io.full_url(fs, f.path) for f in files], id_types)
-
-
-def plan_job(job: JobSpec, inputs: Inputs | None = None) -> Plan:
-    """Everything that can fail before the cluster job starts fails here, naming the
-    file, field or column: inputs, schema, mapping tables, model (one-row probe)."""
-    from .vocab import Vocabulary
-
-    so = job.storage_options
-    inputs = inputs or plan_inputs(job)
-    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
-    model_fp = model_fingerprint(job.model.path, so)
-    # On the CPU, also for a CUDA job: CUDA is initialised in workers, never in the
-    # client (it may have no GPU; and a forked worker cannot use its parent's context).
-    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
-    model.probe(largest_indices(job.fields, vocab))
-    task = dataclasses.replace(
-        warm_task(job),
-        model_fp=model_fp,
-        vocab_fp=vocab.fingerprint() if vocab is not None else None,
-        id_types=inputs.id_types,
-    )
-    pieces = inputs.pieces
-    header = {
-        "format_version": FORMAT_VERSION,
-        "model": {"path": job.model.path, "fingerprint": model_fp},
-        "vocab": {"path": job.vocab, "fingerprint": task.vocab_fp},
-        "fields": _fields_digest(job.fields, job.id_columns, model.output_names),
-        "outputs": model.output_names,
-        "id_columns": list(job.id_columns),
-        "input": {
-            "partitions": len(pieces),
-            "rows": sum(p.rows or 0 for p in pieces),
-            "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
-            "files": inputs.files,  # every file read, or quarantined
-            **({"csv": job.csv.to_dict()} if job.csv else {}),
-            **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
-        },
-    }
-    unreadable = [{"index": None, "input": ident, "error": err} for _, ident, err in inputs.unreadable]
-    task = dataclasses.replace(task, job_token=job_token(header))
-    return Plan(job, task, pieces, model.output_names, header, unreadable)
-
-
-def job_token(header: dict) -> str:
-    """What identifies a job's scores: a hash of its fingerprints (the plan header)."""
-    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def warm_task(job: JobSpec, rows_hint: int | None = None) -> TaskSpec:
-    """``job``'s TaskSpec before the client has fingerprinted the model and tables:
-    what workers warm up with (``worker.Runtime.warm``) while the client plans."""
-    return TaskSpec(
-        fields=tuple(job.fields),
-        model=job.model,
-        model_fp=None,
-        vocab=job.vocab,
-        vocab_fp=None,
-        id_columns=tuple(job.id_columns),
-        storage_options=job.storage_options,
-        rows_hint=rows_hint,
-        encode_device=job.encode_device,
-        partition_bytes=_partition_bytes(job),
-        reading=reading_of(job),
-    )
-
-
-def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
-    """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
-    return io.plan(
-        fs, files, job.partition_rows, bad=bad, partition_bytes=_partition_bytes(job), reading=reading_of(job),
-        id_types=id_types,
-    )  # fmt: skip
-
-
-def _partition_bytes(job: JobSpec) -> int:
-    from dask.utils import parse_bytes
-
-    return parse_bytes(job.partition_bytes) if isinstance(job.partition_bytes, str) else job.partition_bytes
-
-
-def reading_of(job: JobSpec) -> io.Reading:
-    """How the job's input files are read (its ``csv`` and ``partition_types`` keys)."""
-    return io.Reading(job.csv, dict(job.partition_types))
-
-
-def _first_schema(fs, files, columns, reading, quarantine: bool):
-    """``(file, schema)`` of the first input file, the one the job is checked against.
-    With ``quarantine``, an unreadable file is left for the plan to quarantine and the
-    next one is used."""
-    for file in files:
-        try:
-            return file, io.read_schema(fs, file, columns, reading)
-        except io.InputError:
-            if not quarantine or file is files[-1]:
-                raise
-
-
-def largest_indices(fields, vocab) -> dict:
-    """Per field, the largest index its encoding can produce."""
-    import pyarrow.compute as pc
-
-    out = {}
-    for f in fields:
-        if f.buckets is not None:
-            out[f.name] = f.buckets + 1
-        elif vocab is not None and vocab[f.name].num_rows:
-            out[f.name] = int(pc.max(vocab[f.name].column("index")).as_py())
-    return out
-
-
-# ---------------------------------------------------------------- cluster
-CLUSTERS = "'local', 'local-cuda' or a scheduler address like tcp://host:8786"
-
-
-@contextmanager
-def connect(
-    cluster: str = "local",
-    client=None,
-    *,
-    workers=None,
-    threads_per_worker=None,
-    memory_limit="auto",
-    resources=None,
-    announce=True,
-):
-    """A ``distributed.Client``: the given one, a new LocalCluster, a LocalCUDACluster
-    (``local-cuda``: one worker per visible GPU), or a running scheduler. Workers of a
-    cluster started here offer ``resources`` (the job's), so that its tasks can run."""
-    from distributed import Client, LocalCluster
-
-    if client is not None:
-        yield client
-        return
-    if cluster == "local-cuda":
-        with local_cuda_cluster(workers, threads_per_worker, memory_limit, resources) as lc, _closing(Client(lc)) as c:
-            if announce:
-                announce_cluster(c)
-            yield c
-        return
-    if cluster == "local":
-        n = workers or DEFAULT_LAYOUT["workers"](host_cores())
-        t = threads_per_worker or (DEFAULT_LAYOUT["threads_per_worker"](host_cores()) if not workers else 1)
-        with (
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=t,
-                processes=True,
-                memory_limit=memory_limit,
-                dashboard_address=":0",
-                resources=resources,
-            ) as lc,
-            _closing(Client(lc)) as c,
-        ):
-            c.run(_set_log_levels, _log_levels(), on_error="ignore")
-            if announce:
-                announce_cluster(c)
-            yield c
-    elif "://" in cluster:
-        try:
-            client = Client(cluster)
-        except (OSError, TimeoutError, TypeError) as e:  # TypeError: tls:// without certificates
-            hint = (
-                "; a tls:// scheduler admits only clients with its cluster's certificates: "
-                "source the client.env that cluster/tls.py wrote (DASK_DISTRIBUTED__COMM__TLS__* variables)"
-                if cluster.startswith("tls://")
-                else ""
-            )
-            raise JobError(f"cannot connect to the scheduler at {cluster}: {e}{hint}") from e
-        with _closing(client) as c:
-            yield c
-    else:
-        raise SpecError(f"cluster: expected {CLUSTERS}, got {cluster!r}")
-
-
-def announce_cluster(c) -> None:
-    """One line on stderr: the local cluster's workers and its dashboard."""
-    threads = sorted(set(c.nthreads().values())) or [0]
-    print(
-        f"dscore: local cluster of {len(c.nthreads())} workers x {'/'.join(map(str, threads))} threads; "
-        f"dashboard {c.dashboard_link}",
-        file=sys.stderr,
-    )
-
-
-# Workers of a local cluster write to this process's terminal: they log as it does
-# (the CLI quietens distributed's task-failure records, which dscore reports itself).
-_LOCAL_WORKER_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
-
-
-def _log_levels() -> dict:
-    return {n: logging.getLogger(n).level for n in _LOCAL_WORKER_LOGGERS}
-
-
-def _set_log_levels(levels: dict) -> None:
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-
-
-@contextmanager
-def _closing(client):
-    """Close ``client`` on exit, without ``with client``: that sets a context variable,
-    which cannot be reset from another thread, and ``run`` connects in one
-    (``_start_cluster``) and closes in the main thread."""
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def gpu_threads_per_worker(gpus: int, cores: int) -> int:
-    """Dask threads per GPU worker: the host's cores shared among its GPUs, at least 2.
-
-    Parquet is read and decoded on the host (1.8 µs a row per core on the demo data),
-    so feeding one GPU millions of rows a second takes many threads; two is the least
-    that overlaps one partition's host work with another's encode and predict on the
-    GPU (each thread queues on its own CUDA stream: ``dscore.model.thread_stream``).
-    """
-    return max(2, cores // max(1, gpus))
-
-
-def local_cuda_cluster(workers=None, threads_per_worker=None, memory_limit="auto", resources=None):
-    """A ``dask_cuda.LocalCUDACluster``: one worker process per visible GPU (or the first
-    ``workers``), each pinned to its GPU by ``CUDA_VISIBLE_DEVICES``, with
-    ``gpu_threads_per_worker`` threads unless told otherwise. CUDA is initialised in
-    those workers only, never here (dask-cuda counts GPUs through NVML)."""
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError as e:
-        raise SpecError(
-            f"cluster: local-cuda needs dask-cuda, which cannot be imported here ({e}); "
-            "pip install 'dscore[gpu]' (or conda install dask-cuda), or use cluster: local"
-        ) from e
-    if not threads_per_worker:
-        from dask_cuda.utils import get_n_gpus
-
-        threads_per_worker = gpu_threads_per_worker(workers or get_n_gpus(), host_cores())
-    kwargs = {"threads_per_worker": threads_per_worker, "memory_limit": memory_limit, "dashboard_address": ":0"}
-    if workers:
-        kwargs["n_workers"] = workers
-    if resources:
-        kwargs["resources"] = dict(resources)
-    return LocalCUDACluster(**kwargs)
-
-
-def check_resources(client, resources) -> None:
-    """Raise ``JobError`` unless a worker offers ``resources``: tasks that ask for what
-    no worker has would wait forever. (No workers yet is ``_submit``'s to handle.)"""
-    if not resources:
-        return
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    offered = [w.get("resources") or {} for w in workers.values()]
-    if not offered or any(all(have.get(k, 0) >= n for k, n in resources.items()) for have in offered):
-        return
-    names = sorted({k for have in offered for k in have})
-    raise JobError(
-        f"resources: every task asks for {dict(resources)}, but none of the {len(offered)} workers offers that "
-        f"(resources offered: {names or 'none'}); start workers with e.g. `dask worker --resources GPU=1`, "
-        "or drop the job's resources"
-    )
-
-
-# One process per 4 cores, a Dask thread per core, one torch thread each. Measured on
-# 2 cores (docs/benchmarks.md, "worker layout"): 1 process x 2 threads scored as fast
-# as 2 x 1 in half the memory (one model, one runtime); more processes per host
-# beyond that trade memory for less GIL contention and smaller failure domains.
-DEFAULT_LAYOUT = {
-    "workers": lambda cores: max(1, cores // 4),
-    "threads_per_worker": lambda cores: max(1, cores // max(1, cores // 4)),
-}
-
-
-def register(client, torch_threads=None) -> None:
-    """Register dscore's worker plugin (threads, model cache) on every worker, unless
-    it is there already with the same settings: registering again would tear down
-    the workers' loaded models."""
-    threads = torch_threads or torch_threads_per_host(client)
-    current = client.run(_plugin_threads, on_error="ignore")  # a worker dying meanwhile is the job's to survive
-    if current and all(v == ("set", threads) for v in current.values()):
-        return
-    client.register_plugin(DscorePlugin(threads), name="dscore")
-
-
-def warm(client, task: TaskSpec, piece) -> None:
-    """Have every worker get ready for ``task`` now, in a thread of its own
-    (``worker.Runtime.warm``), while the client plans; does not wait.
-
-    Sent as tasks, like the job's own: ``task`` may hold credentials, and distributed
-    logs plugin registrations and ``Client.run`` calls whole at debug level.
-    """
-    for address in client.scheduler_info(n_workers=-1)["workers"]:
-        client.submit(_warm_now, task, piece, workers=[address], allow_other_workers=False, pure=False)
-
-
-def _plugin_threads(dask_worker):
-    plugin = dask_worker.plugins.get("dscore")
-    return ("set", plugin.torch_threads) if plugin is not None else None
-
-
-def _warm_now(task, piece):
-    import threading
-
-    threading.Thread(target=runtime().warm, args=(task, piece), name="dscore-warm", daemon=True).start()
-
-
-# ---------------------------------------------------------------- the job
-@dataclass
-class Report:
-    """What a job did. ``status``: complete, partial (partitions quarantined) or failed."""
-
-    job: str
-    output: str
-    status: str
-    partitions: int
-    rows: int
-    scored_partitions: int
-    resumed_partitions: int
-    quarantined: list
-    wall_seconds: float
-    rows_scored: int
-    rows_per_second: float
-    stages: dict
-    fields: dict
-    model: dict
-    cluster: str
-    peak_worker_rss: int
-    # Seconds from the start of ``run``: plan (the client's planning done), cluster
-    # (cluster up, plugin registered), start (the first partition done, less its own
-    # time: the job's fixed start); finish: from the last partition to the end.
-    timeline: dict = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def format(self) -> str:
-        lines = [
-            f"dscore {self.status}: {self.rows:,} rows in {self.partitions} partitions -> {self.output}",
-            f"  this run: {self.rows_scored:,} rows in {self.scored_partitions} partitions, "
-            f"{self.wall_seconds:.1f}s, {self.rows_per_second:,.0f} rows/s"
-            + (f" ({self.resumed_partitions} partitions were already done)" if self.resumed_partitions else ""),
-        ]
-        total = sum(self.stages.values()) or 1.0
-        lines.append(
-            "  task time: "
-            + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in self.stages.items())
-            + f"; peak worker RSS {self.peak_worker_rss / 2**20:,.0f} MiB"
-        )
-        if self.timeline.get("start") is not None:
-            t = self.timeline
-            lines.append(
-                f"  fixed time: start {t['start']:.1f}s (client planned in {t['plan']:.1f}s, cluster ready at "
-                f"{t.get('cluster', 0):.1f}s), finish {t.get('finish', 0):.1f}s"
-            )
-        if self.model.get("execution"):
-            lines.append(f"  model: {'; '.join(self.model['execution'])}")
-        for tuning in self.model.get("tuning", []):
-            rates = json.loads(tuning)
-            lines.append(
-                "    tuned on a worker, rows/s: "
-                + ", ".join(
-                    f"batch {b} {r:,}"
-                    for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0]))
-                )
-                + "".join(f"; {m} {r:,}" for m, r in rates.get("mode_rates", {}).items())
-            )
-        lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
-        for name, s in self.fields.items():
-            lines.append(f"  {name:<16}{s['oov_rate']:>10.2%}{s['truncation_rate']:>11.2%}{s['mean_tokens']:>12.1f}")
-        if self.quarantined:
-            lines.append(f"  QUARANTINED {len(self.quarantined)} partitions (see _quarantine.json); output is partial:")
-            lines.extend(f"    {q['error']}" for q in self.quarantined[:5])
-        return "\n".join(lines)
-
-
+# ---------------------------------------------------------------- the job (client side)
 RESUME_KEYS = (("model", "model"), ("mapping tables", "vocab"), ("field spec / outputs", "fields"), ("input", "input"))
 
 
@@ -715,6 +253,14 @@ def run(
         not finish; the message says which and what to do.
     """
     spec = JobSpec.load(job, overrides)
+    # The job's settings, taken once: its tasks carry them (TaskSpec.settings), and
+    # this process reads them too, so that a job never sees a value change half-way.
+    settings = config.snapshot()
+    with config.using(settings):
+        return _run(spec, settings, client, overwrite, break_lock, progress)
+
+
+def _run(spec: JobSpec, settings: dict, client, overwrite: bool, break_lock: bool, progress: bool) -> Report:
     start = time.perf_counter()
     inputs = plan_inputs(spec)
     out = Output(spec.output, spec.storage_options)
@@ -726,9 +272,9 @@ def run(
             # which a rerun leaves alone without needing a cluster.
             cluster = None
             if overwrite or not out.complete():
-                cluster = _start_cluster(stack, spec, client, inputs)
+                cluster = _start_cluster(stack, spec, client, inputs, settings)
             try:
-                plan = plan_job(spec, inputs)
+                plan = plan_job(spec, inputs, settings)
             except BaseException:
                 if cluster is not None:  # let it finish starting, so that the stack closes it
                     concurrent.futures.wait([cluster])
@@ -744,7 +290,7 @@ def run(
             timeline = {"plan": time.perf_counter() - start}
             if todo:
                 if c is None:
-                    c, ready = _start_cluster(stack, spec, client, inputs).result()
+                    c, ready = _start_cluster(stack, spec, client, inputs, settings).result()
                 timeline["cluster"] = ready - start
                 if client is None and spec.cluster.startswith("local"):  # said only once it is used
                     announce_cluster(c)
@@ -774,21 +320,22 @@ def run(
         return report
 
 
-def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
+def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs, settings: dict):
     """A future of ``(client, when it was ready)``: the job's cluster started in a thread
     (``connect``, entered on ``stack``), dscore's plugin registered, and every worker
     warming up for this job (``warm``)."""
 
     def start():
-        c = stack.enter_context(
-            connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                    memory_limit=spec.memory_limit, resources=spec.resources, announce=False)
-        )  # fmt: skip
-        check_resources(c, spec.resources)
-        rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
-        register(c, spec.model.threads)
-        if inputs.pieces:
-            warm(c, warm_task(spec, rows), inputs.pieces[0])
+        with config.using(settings):  # a thread of its own: the job's settings, as in run's
+            c = stack.enter_context(
+                connect(spec.cluster, client, workers=spec.workers, threads_per_worker=spec.threads_per_worker,
+                        memory_limit=spec.memory_limit, resources=spec.resources, announce=False)
+            )  # fmt: skip
+            check_resources(c, spec.resources)
+            rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
+            register(c, spec.model.threads)
+            if inputs.pieces:
+                warm(c, warm_task(spec, rows, settings), inputs.pieces[0])
         return c, time.perf_counter()
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dscore-connect")
@@ -797,15 +344,12 @@ def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs):
     return future
 
 
-NO_WORKERS_TIMEOUT = 300.0  # seconds without any worker before a job gives up
-
-
 def _submit(client, pieces, task, spec, run_key):
     """Yield each piece's record as it completes; on a failure cancel the rest and raise.
 
     Worker loss is the scheduler's to handle: it reruns lost tasks elsewhere. But a
     cluster with no workers at all (all died and none came back) would leave the
-    job waiting forever, so that is an error after ``NO_WORKERS_TIMEOUT``.
+    job waiting forever, so that is an error after ``config.get("no-workers-timeout")`` seconds.
     """
     from distributed import wait
 
@@ -826,6 +370,7 @@ def _submit(client, pieces, task, spec, run_key):
     # Now, while the workers live: a KilledWorker error is raised once they have died.
     limits = {w.get("memory_limit") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
     pending, alone_since, scored = set(futures), None, 0
+    no_workers_timeout = float(config.get("no-workers-timeout"))
     try:
         while pending:
             try:
@@ -839,9 +384,9 @@ def _submit(client, pieces, task, spec, run_key):
                 alone_since = None
             elif alone_since is None:
                 alone_since = time.monotonic()
-            elif time.monotonic() - alone_since > NO_WORKERS_TIMEOUT:
+            elif time.monotonic() - alone_since > no_workers_timeout:
                 raise JobError(
-                    f"the cluster has had no workers for {NO_WORKERS_TIMEOUT:.0f}s; {len(pending)} partitions "
+                    f"the cluster has had no workers for {no_workers_timeout:.0f}s; {len(pending)} partitions "
                     "are not scored. Start workers and rerun: the job resumes where it stopped"
                 )
     except BaseException as e:
@@ -881,9 +426,10 @@ def _result(future, piece, spec, limits):
     except KilledWorker as e:
         limit = ", ".join(f"{m / 2**30:.2f} GiB" for m in sorted(x for x in limits if x)) or "none"
         deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
+        now = spec.partition_bytes if spec.partition_bytes is not None else config.get("partition-bytes")
         raise JobError(
             f"{piece.describe()}: the workers scoring it died {deaths} times, most likely out of memory "
-            f"(worker memory limit: {limit}). Lower partition_bytes (now {spec.partition_bytes}) or "
+            f"(worker memory limit: {limit}). Lower partition_bytes (now {now}) or "
             "partition_rows, or give workers more memory (memory_limit); a rerun resumes where this one stopped"
         ) from e
 
@@ -907,17 +453,13 @@ def _has_workers(client) -> bool:
         return True
 
 
-def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease=None, timeline=None) -> Report:
+def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease, timeline) -> Report:
+    """Commit the job if every partition is done (``_check_output``, the manifest,
+    ``_SUCCESS``), or record what was quarantined; write and return the report.
+    Raises ``JobError`` when partitions are missing and none was quarantined."""
     rows_in = plan.header["input"]["rows"]
     missing = [p.index for p in plan.pieces if p.index not in records]
     rows_out = sum(r["rows"] for r in records.values())
-    stats = {f.name: FieldStats() for f in spec.fields}
-    stages = dict.fromkeys(STAGES, 0.0)
-    for rec in this_run:
-        for name, s in rec["stats"].items():
-            stats[name].add(FieldStats(**s))
-        for k, v in rec["seconds"].items():
-            stages[k] += v
     complete = not quarantined and not missing and (rows_out == rows_in or any(p.rows is None for p in plan.pieces))
     if quarantined:
         out.write_json(
@@ -932,47 +474,14 @@ def _finish(spec, plan, out, records, this_run, quarantined, wall, label, lease=
             f"output {spec.output!r} is incomplete: partitions {missing[:10]} are missing or rows do not match "
             f"({rows_out} of {rows_in}); rerun the job to finish it"
         )
-    rows_scored = sum(r["rows"] for r in this_run)
-    report = Report(
-        job=spec.source,
-        output=spec.output,
-        status="complete" if complete else "partial",
-        partitions=len(plan.pieces),
-        rows=rows_out,
-        scored_partitions=len(this_run),
-        resumed_partitions=len(records) - len(this_run),
-        quarantined=[{"partition": q["index"], "error": q["error"]} for q in quarantined],
-        wall_seconds=wall,
-        rows_scored=rows_scored,
-        rows_per_second=rows_scored / wall if wall > 0 else 0.0,
-        stages=stages,
-        fields={n: s.summary() for n, s in stats.items()},
-        model={
-            "path": spec.model.path,
-            "fingerprint": plan.task.model_fp,
-            "outputs": plan.outputs,
-            # what the workers chose (dscore.optimize): "batch 1024, freeze"
-            "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
-            # per worker process, what autotuning measured (rows/s by batch size and mode)
-            "tuning": sorted(
-                {
-                    json.dumps(
-                        {k: r["model"][k] for k in ("batch_rates", "mode_rates") if k in r["model"]}, sort_keys=True
-                    )
-                    for r in this_run
-                }
-                - {"{}"}
-            ),  # fmt: skip
-        },
-        cluster=label,
-        peak_worker_rss=max((r.get("worker_peak_rss", 0) for r in this_run), default=0),
-        timeline=dict(timeline or {}),
+    report = Report.build(
+        spec, plan, records, this_run, quarantined, complete=complete, wall=wall, cluster=label, timeline=timeline
     )
     out.write_json(REPORT, report.to_dict())
     return report
 
 
-def _check_output(out: Output, plan: Plan, lease) -> dict:
+def _check_output(out: Output, plan: Plan, lease: Lease | None) -> dict:
     """The output's records, after checking that the output, listed afresh, holds
     this job's part file for every partition: the records in memory say what this
     run wrote, not what another run may have removed or replaced since."""
@@ -994,132 +503,3 @@ def _check_output(out: Output, plan: Plan, lease) -> dict:
             + ". Rerun the job: it scores those partitions again"
         )
     return good
-
-
-class Progress:
-    """A progress bar over partitions on stderr (a line every 10% when not a terminal)."""
-
-    def __init__(self, total: int, done: int = 0, enabled: bool = True):
-        self.total, self.done, self.rows = total, done, 0
-        self.enabled = enabled and total > 0
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self._last_decile = -1
-
-    def update(self, rows: int) -> None:
-        self.done += 1
-        self.rows += rows
-        if not self.enabled:
-            return
-        frac = self.done / self.total
-        rate = self.rows / max(time.perf_counter() - self.start, 1e-9)
-        line = (
-            f"[{'#' * int(30 * frac):<30}] {self.done}/{self.total} partitions, {self.rows:,} rows, {rate:,.0f} rows/s"
-        )
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif int(frac * 10) > self._last_decile:
-            self._last_decile = int(frac * 10)
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-# ---------------------------------------------------------------- Python API over a dask DataFrame
-class Scorer:
-    """Score dask DataFrames with a worker-resident model.
-
-    Parameters
-    ----------
-    model : str or ModelSpec
-        Model file (see ``ModelSpec``); keyword options such as ``batch_size``,
-        ``device``, ``call``, ``outputs``, ``factory`` build the spec from a path.
-    fields : sequence of Field
-    vocab : str or Vocabulary, optional
-        Directory of mapping tables (a loaded ``Vocabulary`` must come from one:
-        workers load tables themselves; they are never shipped in the graph).
-    id_columns : sequence of str
-        Columns copied to the output before the scores.
-    encode_device : {"auto", "cpu", "cuda"}
-        Where workers encode (``JobSpec``'s key of that name): ``auto`` on the GPU
-        when the model is on CUDA and numba.cuda can run kernels, else on the CPU.
-
-    Examples
-    --------
-    >>> scorer = Scorer("model.pt", fields, "vocab/", id_columns=["user_id"])  # doctest: +SKIP
-    >>> scorer.register(client)                                                # doctest: +SKIP
-    >>> scores = scorer.score(ddf)          # lazy: id columns + score columns  # doctest: +SKIP
-    """
-
-    def __init__(
-        self, model, fields, vocab=None, *, id_columns=(), storage_options=None, encode_device="auto", **model_options
-    ):
-        from .vocab import Vocabulary
-
-        fields = tuple(fields)
-        check_fields(fields)
-        if encode_device not in ENCODE_DEVICES:
-            raise ValueError(f"encode_device is {encode_device!r}; expected one of {', '.join(ENCODE_DEVICES)}")
-        so = dict(storage_options or {})
-        spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
-        if isinstance(model, ModelSpec) and model_options:
-            spec = dataclasses.replace(spec, **model_options)
-        if isinstance(vocab, Vocabulary):
-            if vocab.source.startswith(("<", "fit(")):
-                raise TypeError("Scorer needs the vocabulary's directory: save it (vocab.save(path)) and pass the path")
-            vocab = vocab.source
-        needs_tables = any(f.buckets is None for f in fields)
-        loaded = Vocabulary.load(vocab, fields=fields, storage_options=so) if (vocab and needs_tables) else None
-        if needs_tables and loaded is None:
-            raise ValueError("fields without buckets need a vocab directory of mapping tables")
-        self.task = TaskSpec(
-            fields=fields,
-            model=spec,
-            model_fp=model_fingerprint(spec.path, so),
-            vocab=vocab if loaded is not None else None,
-            vocab_fp=loaded.fingerprint() if loaded is not None else None,
-            id_columns=tuple(id_columns),
-            storage_options=so,
-            encode_device=encode_device,
-        )
-        try:
-            self.outputs = Model.load(spec, fields, device="cpu", storage_options=so).output_names
-        except ModelError:
-            raise
-
-    def register(self, client, torch_threads=None) -> None:
-        """Set up dscore's worker plugin on ``client``'s workers (threads and model cache)."""
-        register(client, torch_threads)
-
-    def score_table(self, table) -> pa.Table:
-        """Score an Arrow table (or pandas frame) in this process."""
-        if not isinstance(table, pa.Table):
-            table = pa.Table.from_pandas(table, preserve_index=False)
-        return score_table(table, self.task)[0]
-
-    def score(self, ddf):
-        """A lazy dask DataFrame: ``id_columns`` then the score columns, partition for partition."""
-        import pandas as pd
-
-        missing = [c for c in self.task.columns if c not in ddf.columns]
-        if missing:
-            raise ValueError(f"column {missing[0]!r} is not in the dask DataFrame; columns are {list(ddf.columns)}")
-        meta = pd.DataFrame(
-            {
-                **{c: ddf._meta[c] for c in self.task.id_columns},
-                **{n: pd.Series([], dtype="float32") for n in self.outputs},
-            }
-        )
-        return ddf[self.task.columns].map_partitions(_score_frame, self.task, meta=meta)
-
-
-def _score_frame(df, task: TaskSpec):
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    scored = score_table(table, task)[0]
-    result = scored.to_pandas()
-    result.index = df.index
-    for c in task.id_columns:  # keep the caller's dtypes for the id columns
-        result[c] = df[c]
-    return result

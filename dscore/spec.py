@@ -441,8 +441,8 @@ class JobSpec:
 
     Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
     ``--set key=value``) over the job file over the defaults here. ``partition_bytes``
-    defaults to the ``dscore.partition-bytes`` setting (``dscore.config``), read when
-    the spec is made.
+    and ``lock_timeout`` default to the ``dscore.partition-bytes`` and
+    ``dscore.lease.timeout`` settings (``dscore.config``), read when the spec is made.
 
     ``encode_device``: ``auto`` encodes on the GPU when the worker's model is on CUDA
     and numba.cuda can run kernels there, else on the CPU; ``cpu`` always on the CPU;
@@ -453,7 +453,8 @@ class JobSpec:
     types the columns that hive-style ``key=value`` input directories give their files'
     rows (``{key: Arrow type name}``; string by default).
     ``lock_timeout``: seconds without renewal after which another run may take over
-    the output's lease (``dscore.lease``); the holder renews it ten times as often.
+    the output's lease (``dscore.lease``); the holder renews it
+    ``lease.renewals-per-timeout`` times as often.
     """
 
     input: tuple
@@ -476,7 +477,7 @@ class JobSpec:
     retries: int = 2
     csv: CsvSpec | None = None
     partition_types: dict = dataclasses.field(default_factory=dict)
-    lock_timeout: float = 300.0
+    lock_timeout: float | None = None
     source: str = "<dict>"
 
     CHECKS = {
@@ -517,6 +518,8 @@ class JobSpec:
             object.__setattr__(self, "model", ModelSpec.from_dict(self.model))
         if self.partition_bytes is None:
             object.__setattr__(self, "partition_bytes", config.get("partition-bytes"))
+        if self.lock_timeout is None:
+            object.__setattr__(self, "lock_timeout", float(config.get("lease.timeout")))
         _validate(self, "")
         if self.vocab is None and any(f.buckets is None for f in fields):
             need = [f.name for f in fields if f.buckets is None]

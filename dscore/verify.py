@@ -176,7 +176,7 @@ def _raw_values(arr: pa.Array) -> list:
 def sample(job: JobSpec, n: int, seed: int = 0) -> pa.Table:
     """``n`` input rows drawn uniformly without replacement (reproducible by ``seed``),
     with the columns the job reads and a ``__dscore_row`` column naming each."""
-    from .pipeline import input_columns, plan_pieces, reading_of
+    from .plan import input_columns, plan_pieces, reading_of
 
     fs, files = io.expand(list(job.input), job.storage_options)
     pieces, reading = plan_pieces(job, fs, files), reading_of(job)

@@ -1,6 +1,6 @@
 """Worker-resident state: the model and mapping tables, loaded once per process.
 
-Tasks carry paths and fingerprints (``pipeline.TaskSpec``), never the model or the
+Tasks carry paths and fingerprints (``plan.TaskSpec``), never the model or the
 tables. ``runtime()`` is the one accessor tasks use. Inside a Dask worker the
 runtime belongs to ``DscorePlugin`` (registered by ``dscore.run`` and
 ``Scorer.register``), which also sets the process's thread pools; elsewhere (a
@@ -21,7 +21,7 @@ import time
 
 from distributed import WorkerPlugin
 
-from . import config
+from . import config, layout
 from .errors import VocabError
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def _head(task, piece, rows: int):
         return None
     fs, path = io.url_to_fs(piece.url, task.storage_options)
     with fs.open(path, "rb") as f:  # not pre-buffered: that reads the whole row group (io.iter_piece)
-        pf = pq.ParquetFile(f, buffer_size=io.STREAM_BUFFER, pre_buffer=False)
+        pf = pq.ParquetFile(f, buffer_size=io.stream_buffer(), pre_buffer=False)
         batches = pf.iter_batches(
             batch_size=rows, columns=io.in_file_columns(piece, task.columns), row_groups=[piece.rg_start]
         )
@@ -300,18 +300,6 @@ def _in_dask_worker() -> bool:
         return True
     except ValueError:
         return False
-
-
-def default_torch_threads(worker_threads: int, cores: int) -> int:
-    """Cores per Dask thread on this host, at least 1: Dask threads x torch threads <= cores."""
-    return max(1, cores // max(1, worker_threads))
-
-
-def host_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class DscorePlugin(WorkerPlugin):
@@ -347,7 +335,7 @@ class DscorePlugin(WorkerPlugin):
         else:
             threads = self.torch_threads
         if not threads:
-            threads = default_torch_threads(worker.state.nthreads, host_cores())
+            threads = layout.torch_threads(layout.host_cores(), worker.state.nthreads)
         set_threads(threads)
         with config.using(self.settings):
             tuned = tune_malloc()
@@ -361,16 +349,3 @@ class DscorePlugin(WorkerPlugin):
         if _RUNTIME is not None:
             _RUNTIME.close()
             _RUNTIME = None
-
-
-def torch_threads_per_host(client) -> dict:
-    """Torch threads for each worker host so that, per host, Dask threads x torch threads <= cores."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    dask_threads = collections.Counter()
-    for addr, w in info.items():
-        dask_threads[addr.rsplit(":", 1)[0].split("//")[-1]] += w["nthreads"]
-    cores = client.run(host_cores, on_error="ignore")
-    per_host_cores = {}
-    for addr, n in cores.items():
-        per_host_cores[addr.rsplit(":", 1)[0].split("//")[-1]] = n
-    return {h: max(1, per_host_cores.get(h, 1) // t) for h, t in dask_threads.items()}

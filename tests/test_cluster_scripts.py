@@ -25,7 +25,8 @@ import pytest
 import yaml
 from distributed import Client
 
-from dscore.pipeline import register
+from dscore.cluster import register
+from dscore.layout import layout
 
 from .helpers import page_faults_per_call
 
@@ -392,6 +393,43 @@ def test_gpu_sh_explains_missing_gpus(tmp_path):
     assert "no NVIDIA GPU" in proc.stderr and "cluster/local.sh" in proc.stderr
 
 
+# ---- the worker layout rule, one source for every launcher
+
+
+def test_shell_scripts_take_the_layout_from_dscore():
+    """local.sh and gpu.sh compute their defaults with ``python -m dscore.layout``."""
+    for cores, gpus, given, want in [
+        (16, 0, ("auto", "auto", "auto"), layout(16)),
+        (16, 0, ("2", "auto", "auto"), layout(16, workers=2)),
+        (2, 0, ("2", "2", "3"), (2, 2, 3)),
+        (16, 4, ("4", "auto", "auto"), layout(16, gpus=4)),
+    ]:
+        proc = run(["bash", "-c", f'. "{CLUSTER}/_common.sh"; worker_layout {cores} {gpus} {" ".join(given)}'])
+        assert proc.returncode == 0, proc.stderr
+        assert tuple(map(int, proc.stdout.split())) == tuple(want)
+    env = script_env(PYTHON="no-such-python")
+    proc = run(["bash", "-c", f'. "{CLUSTER}/_common.sh"; worker_layout 4 0 auto auto auto'], env=env)
+    assert proc.returncode == 1 and "set PYTHON=/path/to/python" in proc.stderr
+
+
+def test_launchers_default_to_the_layout_rule(tmp_path):
+    proc = run([sys.executable, CLUSTER / "slurm.py", "--cores", "16", "--memory", "16GiB", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    (worker,) = [line for line in proc.stdout.splitlines() if "distributed.cli.dask_worker" in line]
+    want = layout(16)
+    assert f"--nworkers {want.workers}" in worker and f"--nthreads {want.threads}" in worker
+    assert f"export DSCORE_TORCH_THREADS={want.torch_threads}" in proc.stdout
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node0\nnode1\n")
+    spec = json.loads(run([sys.executable, CLUSTER / "ssh.py", hosts, "--cores", "16", "--dry-run"]).stdout)
+    workers = spec["worker_options"]
+    assert (workers["n_workers"], workers["nthreads"]) == (want.workers, want.threads)
+    assert workers["env"] == dict.fromkeys(LAYOUT_VARS, str(want.torch_threads))
+    proc = run([sys.executable, CLUSTER / "ssh.py", hosts, "--dry-run"])
+    assert proc.returncode != 0 and "pass --cores" in proc.stderr
+
+
 # ---- batch systems (dask-jobqueue)
 
 JOB_ARGS = [
@@ -624,6 +662,9 @@ def check_dask_cluster_spec(spec: dict, name: str) -> None:
     env = {item["name"]: item["value"] for item in worker["env"]}
     values = {env[var] for var in LAYOUT_VARS}
     assert len(values) == 1, f"layout variables disagree: {env}"
+    # dscore's worker layout rule for a pod of its cores, one worker per pod
+    cores = int(worker["resources"]["limits"]["cpu"])
+    assert (int(threads), int(values.pop())) == tuple(layout(cores, workers=1))[1:]
     assert scheduler["args"][:2] == ["dask", "scheduler"]
     assert {p["name"]: p["containerPort"] for p in scheduler["ports"]} == {
         "tcp-comm": 8786,

@@ -114,9 +114,10 @@ def test_unknown_encode_device():
 
 
 def test_plan_carries_encode_device_and_cpu_never_loads_for_it(demo, tmp_path):
-    from dscore import pipeline, worker
+    from dscore import plan as planning
+    from dscore import worker
 
-    plan = pipeline.plan_job(JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "o"), "encode_device": "cpu"}))
+    plan = planning.plan_job(JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "o"), "encode_device": "cpu"}))
     assert plan.task.encode_device == "cpu"
     rt = worker.Runtime()
     assert rt.encode_device(plan.task) == "cpu" and rt.loads["model"] == 0  # no model needed to decide
@@ -129,8 +130,9 @@ def test_plan_carries_encode_device_and_cpu_never_loads_for_it(demo, tmp_path):
 def test_a_cuda_task_on_a_worker_without_a_gpu_fails_clearly(demo, tmp_path):
     """What ``dscore.run`` reports from the worker's task (the score_piece -> score_table path)."""
     from dscore import pipeline, worker
+    from dscore import plan as planning
 
-    plan = pipeline.plan_job(JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "o"), "encode_device": "cuda"}))
+    plan = planning.plan_job(JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "o"), "encode_device": "cuda"}))
     table = pq.read_table(sorted(__import__("glob").glob(demo["data"]))[0])
     with pytest.raises(RuntimeError, match=r"encode_device is 'cuda' but .* set encode_device: cpu"):
         pipeline.score_table(table, plan.task, worker.Runtime())
@@ -162,33 +164,33 @@ def test_buffers_are_per_device():
 
 # ---------------------------------------------------------------- cluster and submit
 def test_local_cuda_without_dask_cuda_is_a_clear_error(monkeypatch):
-    from dscore import pipeline
+    from dscore import cluster
 
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails, installed or not
     with pytest.raises(
         SpecError, match=r"cluster: local-cuda needs dask-cuda, which cannot be imported here .*dscore\[gpu\]"
     ):
-        with pipeline.connect("local-cuda"):
+        with cluster.connect("local-cuda"):
             pass
     with pytest.raises(SpecError, match=r"cluster: expected 'local', 'local-cuda' or a scheduler address"):
-        with pipeline.connect("gpu"):
+        with cluster.connect("gpu"):
             pass
 
 
 def test_local_cuda_cluster_arguments(monkeypatch):
-    from dscore import pipeline
+    from dscore import cluster, layout
 
     seen = {}
     monkeypatch.setitem(sys.modules, "dask_cuda", SimpleNamespace(LocalCUDACluster=lambda **kw: seen.update(kw)))
     monkeypatch.setitem(sys.modules, "dask_cuda.utils", SimpleNamespace(get_n_gpus=lambda: 4))
-    monkeypatch.setattr(pipeline, "host_cores", lambda: 16)
-    pipeline.local_cuda_cluster()
+    monkeypatch.setattr(layout, "host_cores", lambda: 16)
+    cluster.local_cuda_cluster()
     # n_workers: one per GPU (dask-cuda's default); the cores shared among the GPUs
     assert seen == {"threads_per_worker": 4, "memory_limit": "auto", "dashboard_address": ":0"}
-    pipeline.local_cuda_cluster(workers=2, threads_per_worker=3, memory_limit="8GB", resources={"GPU": 1})
+    cluster.local_cuda_cluster(workers=2, threads_per_worker=3, memory_limit="8GB", resources={"GPU": 1})
     assert seen["n_workers"] == 2 and seen["threads_per_worker"] == 3 and seen["memory_limit"] == "8GB"
     assert seen["resources"] == {"GPU": 1}  # a cluster dscore starts offers what its tasks ask for
-    assert pipeline.gpu_threads_per_worker(8, 16) == 2 and pipeline.gpu_threads_per_worker(1, 16) == 16
+    assert layout.layout(16, gpus=8).threads == 2 and layout.layout(16, gpus=1).threads == 16
 
 
 class _Workers:
@@ -200,7 +202,8 @@ class _Workers:
 
 
 def test_resources_no_worker_offers_are_an_error():
-    from dscore.pipeline import JobError, check_resources
+    from dscore.cluster import check_resources
+    from dscore.errors import JobError
 
     check_resources(_Workers({}, {"GPU": 1}), {"GPU": 1})
     check_resources(_Workers(), {"GPU": 1})  # no workers yet: the job waits for them

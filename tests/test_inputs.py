@@ -21,7 +21,8 @@ import yaml
 
 import dscore
 from dscore.io import InputError
-from dscore.pipeline import plan_job, score_piece
+from dscore.pipeline import score_piece
+from dscore.plan import plan_job
 from dscore.spec import JobSpec, SpecError
 
 from .helpers import check_exactly_once, reference_scores

@@ -16,7 +16,7 @@ import pytest
 
 import dscore
 from dscore.demo import make_table, package_names
-from dscore.pipeline import JobError
+from dscore.errors import JobError
 from dscore.worker import peak_rss
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

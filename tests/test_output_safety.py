@@ -28,7 +28,8 @@ import yaml
 import dscore
 from dscore.lease import Lease
 from dscore.output import JobError, Output
-from dscore.pipeline import _finish, plan_job, score_piece
+from dscore.pipeline import _finish, score_piece
+from dscore.plan import plan_job
 from dscore.spec import JobSpec
 
 from .helpers import captured_logs, check_exactly_once, wait_for_records
@@ -350,7 +351,7 @@ def test_success_only_after_checking_the_output(demo, client, scored, how, probl
     plan, out = scored["plan"], Output(scored["out"])
     records = scored["records"]
     with pytest.raises(JobError, match=f"is not complete, so _SUCCESS was not written: {problem}.*Rerun the job"):
-        _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test")
+        _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", None, {})
     assert not out.complete()
     # ... and the rerun it asks for scores that partition again.
     report = dscore.run({**demo["job"], "output": scored["out"]}, client=client, progress=False)
@@ -367,7 +368,7 @@ def test_success_not_written_after_the_lease_was_lost(scored):
         with pytest.raises(
             JobError, match=r"this run lost its lease to someone@elsewhere \(pid 4242\).*_SUCCESS was not written"
         ):
-            _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", lease)
+            _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", lease, {})
     assert not out.complete()
     assert (
         json.loads(open(os.path.join(scored["out"], "_lock.json")).read())["host"] == "elsewhere"
@@ -381,7 +382,7 @@ def test_success_not_written_when_job_json_is_another_jobs(scored):
     with pytest.raises(
         JobError, match=r"_job.json now describes another job .*_SUCCESS was not written. Rerun the job"
     ):
-        _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test")
+        _finish(plan.job, plan, out, dict(records), list(records.values()), [], 1.0, "test", None, {})
     assert not out.complete()
 
 

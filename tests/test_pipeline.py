@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import dscore
-from dscore.pipeline import JobError, Scorer, plan_job
+from dscore.errors import JobError
+from dscore.plan import plan_job
+from dscore.scorer import Scorer
 from dscore.spec import JobSpec, SpecError
 
 from .helpers import reference_scores
@@ -224,7 +226,7 @@ def test_refuses_a_foreign_output_directory(demo, client, tmp_path):
 def test_unreachable_scheduler_is_one_clear_error():
     import dask
 
-    from dscore.pipeline import connect
+    from dscore.cluster import connect
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(JobError, match=r"^cannot connect to the scheduler at tcp://127.0.0.1:9: Timed out"):

@@ -29,7 +29,7 @@ from distributed.chaos import KillWorker
 
 import dscore
 from dscore.demo import FIELDS, make_table, package_names
-from dscore.pipeline import JobError
+from dscore.errors import JobError
 
 from .helpers import check_exactly_once, wait_for_records
 
@@ -74,7 +74,8 @@ def test_resume_scores_only_missing_partitions(demo, many, client, tmp_path):
 
 
 def test_retried_task_overwrites(demo, many, tmp_path):
-    from dscore.pipeline import plan_job, score_piece
+    from dscore.pipeline import score_piece
+    from dscore.plan import plan_job
     from dscore.spec import JobSpec
 
     plan = plan_job(JobSpec.from_dict({**many["job"], "output": str(tmp_path / "out")}))

@@ -284,7 +284,7 @@ def test_credentials_never_written_or_printed(demo, s3, client, tmp_path):
 def test_glob_reads_spark_and_hive_folders_on_s3(demo, s3):
     """On an object store a folder is a prefix: a Spark output and a hive-partitioned
     folder matched by the glob are read whole; _SUCCESS and .crc beside them are ignored."""
-    from dscore.pipeline import plan_job
+    from dscore.plan import plan_job
     from dscore.spec import JobSpec
 
     root = demo["root"]

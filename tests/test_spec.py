@@ -184,7 +184,7 @@ def test_yaml_file_and_overrides(tmp_path):
 
 
 def test_secrets_are_redacted_where_jobs_are_written_or_shown():
-    from dscore.pipeline import TaskSpec
+    from dscore.plan import TaskSpec
     from dscore.spec import redact_secrets
 
     so = {

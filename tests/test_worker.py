@@ -12,7 +12,7 @@ pytestmark = pytest.mark.cluster
 
 
 def test_plugin_gives_workers_plain_process_malloc(client):
-    from dscore.pipeline import register
+    from dscore.cluster import register
 
     if not any(v.get("MALLOC_TRIM_THRESHOLD_") for v in client.run(lambda: dict(os.environ)).values()):
         pytest.skip("this distributed's nanny no longer sets MALLOC_TRIM_THRESHOLD_")
@@ -42,13 +42,13 @@ def test_workers_get_ready_for_a_job_before_its_first_task(client, demo, tmp_pat
     (the fingerprints the workers computed agree with the client's): nothing is loaded twice."""
     import time
 
-    from dscore import pipeline
+    from dscore import cluster, pipeline, plan
     from dscore.spec import JobSpec
 
     spec = JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "out")})
-    inputs = pipeline.plan_inputs(spec)
-    pipeline.register(client)
-    pipeline.warm(client, pipeline.warm_task(spec), inputs.pieces[0])
+    inputs = plan.plan_inputs(spec)
+    cluster.register(client)
+    cluster.warm(client, plan.warm_task(spec), inputs.pieces[0])
     deadline = time.monotonic() + 120
     while not all(client.run(_ready).values()):
         assert time.monotonic() < deadline, "workers did not warm up in 120 s"

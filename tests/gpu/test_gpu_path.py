@@ -171,22 +171,23 @@ def test_score_table_with_gpu_encoding_equals_the_cpu_path(tiny_job):
     import torch
 
     from dscore import pipeline, worker
+    from dscore.plan import plan_job
     from dscore.spec import JobSpec
 
-    plan = pipeline.plan_job(JobSpec.from_dict(tiny_job))
+    plan = plan_job(JobSpec.from_dict(tiny_job))
     cpu = dataclasses.replace(plan.task, model=dataclasses.replace(plan.task.model, device="cpu"), encode_device="cpu")
     gpu = dataclasses.replace(plan.task, encode_device="cuda")
     table = pq.read_table(tiny_job["input"])
     rt = worker.Runtime()
     tol = 1e-5 if torch.cuda.is_available() else 0.0  # GPU float32 sums in another order
     for part in (table.slice(0, 100), table.slice(100, 60), table):
-        want, want_stats, _, _ = pipeline.score_table(part, cpu, worker.Runtime())
-        got, stats, seconds, _ = pipeline.score_table(part, gpu, rt)
-        assert stats == want_stats
-        assert got.column("user_id").equals(want.column("user_id"))
-        diff = np.abs(got.column("score").to_numpy() - want.column("score").to_numpy())
+        want = pipeline.score_table(part, cpu, worker.Runtime())
+        got = pipeline.score_table(part, gpu, rt)
+        assert got.stats == want.stats
+        assert got.table.column("user_id").equals(want.table.column("user_id"))
+        diff = np.abs(got.table.column("score").to_numpy() - want.table.column("score").to_numpy())
         assert diff.max() <= tol, diff.max()
-        assert set(seconds) == {"encode", "tune", "predict"}
+        assert set(got.seconds) == {"encode", "tune", "predict"}
     assert rt.encode_device(gpu).startswith("cuda") and rt.gpu_encode
     assert kc._TABLES and kc._WORKSPACES
     rt.close()
@@ -199,7 +200,7 @@ def test_planning_never_initialises_cuda(tiny_job):
     job = {**tiny_job, "model": {**tiny_job["model"], "device": "auto"}, "encode_device": "cuda"}
     code = (
         "import json, sys, torch\n"
-        "from dscore.pipeline import plan_job\n"
+        "from dscore.plan import plan_job\n"
         "from dscore.spec import JobSpec\n"
         "plan_job(JobSpec.from_dict(json.loads(sys.argv[1])))\n"
         "gpu_modules = [m for m in ('dscore.kernels.cuda', 'dscore.encoding_cuda') if m in sys.modules]\n"

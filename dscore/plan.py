@@ -1,0 +1,245 @@
+"""Planning a job on the client, from metadata alone: its input pieces, the checks
+that fail fast (schema, mapping tables, model probe), and the ``TaskSpec`` its tasks
+carry.
+
+Everything that can fail before the cluster job starts fails here, naming the file,
+field or column. ``plan_inputs`` needs only file footers, so the cluster can start
+while ``plan_job`` loads and probes the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from . import config, io
+from .encoding import check_field_type
+from .model import Model
+from .model import fingerprint as model_fingerprint
+from .output import Output, check_apart
+from .spec import Field, JobSpec, ModelSpec, SpecError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs to score a partition: paths and fingerprints, never the
+    model or the tables themselves (workers load those once; see ``worker``)."""
+
+    fields: tuple
+    model: ModelSpec
+    model_fp: str | None  # None only in a warm-up spec (warm_task): the worker computes it
+    vocab: str | None
+    vocab_fp: str | None
+    id_columns: tuple
+    # Not in the repr: distributed logs a failed task's arguments, and these hold credentials.
+    storage_options: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
+    rows_hint: int | None = None  # rows each worker thread should expect to score (optimize: auto)
+    job_token: str = ""  # job_token(plan header): in every record and part file, checked before _SUCCESS
+    encode_device: str = "auto"  # resolved in the worker (encoding.resolve_encode_device)
+    partition_bytes: int | None = None  # a larger row group is scored in slices of this size (io.iter_piece)
+    reading: io.Reading = dataclasses.field(default_factory=io.Reading)  # CSV options, partition types
+    id_types: io.IdTypes | None = None  # every part must have these (the first file's)
+    # The client's ``config.snapshot()``: tasks run under ``config.using(settings)``, so
+    # that workers started elsewhere read the client's tunables (``dscore.config``).
+    settings: dict = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
+
+    @property
+    def columns(self) -> list[str]:
+        """Input columns to read: ids first, then each field's column once."""
+        return input_columns(self.fields, self.id_columns)
+
+
+def input_columns(fields, id_columns) -> list[str]:
+    """The input columns a job reads: ids first, then each field's column once."""
+    return list(dict.fromkeys([*id_columns, *(f.column for f in fields)]))
+
+
+def _fields_digest(fields, id_columns, outputs) -> str:
+    payload = json.dumps(
+        {"fields": [f.to_dict() for f in fields], "id_columns": list(id_columns), "outputs": list(outputs)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Plan:
+    job: JobSpec
+    task: TaskSpec
+    pieces: list
+    outputs: list
+    header: dict
+    unreadable: list  # files quarantined at planning: their footer could not be read
+
+
+def check_schema(schema: pa.Schema, fields: Sequence[Field], id_columns, where: str = "") -> None:
+    """Every field's column exists with a usable type, and every id column exists.
+
+    Raises ``SpecError`` (missing column) or ``TypeError`` naming the field, the
+    column, the expected and the found type, prefixed by ``where``.
+    """
+    prefix = f"{where}: " if where else ""
+    for f in fields:
+        if f.column not in schema.names:
+            raise SpecError(
+                f"{prefix}field {f.name!r} reads column {f.column!r}, which is not in the input; "
+                f"columns are {schema.names}"
+            )
+        check_field_type(f, schema.field(f.column).type, where=prefix)
+    for c in id_columns:
+        if c not in schema.names:
+            raise SpecError(f"{prefix}id column {c!r} is not in the input; columns are {schema.names}")
+
+
+@dataclass
+class Inputs:
+    """The job's input, planned from file metadata alone."""
+
+    pieces: list
+    unreadable: list[io.Unreadable]  # files quarantined at planning
+    files: list  # URLs of every input file
+    id_types: io.IdTypes  # the id columns' types, which every part must have
+
+
+def plan_inputs(job: JobSpec) -> Inputs:
+    """Expand the input, check the first file's schema and plan the pieces: metadata
+    only, so that this fails fast (naming the file, field or column) and the cluster
+    can start while the rest of ``plan_job`` loads the model."""
+    fs, files = io.expand(list(job.input), job.storage_options)
+    check_apart(Output(job.output, job.storage_options), job.input, fs, [f.path for f in files])
+    reading = reading_of(job)
+    unknown = sorted(set(job.partition_types) - {k for f in files for k, _ in f.partitions})
+    if unknown:
+        raise SpecError(
+            f"partition_types.{unknown[0]}: no input directory is named {unknown[0]}=...; "
+            "remove the key or fix the input"
+        )
+    columns = input_columns(job.fields, job.id_columns)
+    first_file, schema = _first_schema(fs, files, columns, reading, job.on_bad_input == "quarantine")
+    first = io.full_url(fs, first_file.path)
+    check_schema(schema, job.fields, job.id_columns, first)
+    id_types = io.IdTypes.of(schema, job.id_columns, first)
+    bad: list | None = [] if job.on_bad_input == "quarantine" else None
+    pieces = plan_pieces(job, fs, files, bad, id_types)
+    return Inputs(pieces, bad or [], [io.full_url(fs, f.path) for f in files], id_types)
+
+
+def plan_job(job: JobSpec, inputs: Inputs | None = None, settings: dict | None = None) -> Plan:
+    """Everything that can fail before the cluster job starts fails here, naming the
+    file, field or column: inputs, schema, mapping tables, model (one-row probe).
+    ``settings``: the job's ``config.snapshot()`` (default: one taken now)."""
+    from .vocab import Vocabulary
+
+    so = job.storage_options
+    inputs = inputs or plan_inputs(job)
+    vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
+    model_fp = model_fingerprint(job.model.path, so)
+    # On the CPU, also for a CUDA job: CUDA is initialised in workers, never in the
+    # client (it may have no GPU; and a forked worker cannot use its parent's context).
+    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
+    model.probe(largest_indices(job.fields, vocab))
+    task = dataclasses.replace(
+        warm_task(job, settings=settings),
+        model_fp=model_fp,
+        vocab_fp=vocab.fingerprint() if vocab is not None else None,
+        id_types=inputs.id_types,
+    )
+    pieces = inputs.pieces
+    header = {
+        "format_version": FORMAT_VERSION,
+        "model": {"path": job.model.path, "fingerprint": model_fp},
+        "vocab": {"path": job.vocab, "fingerprint": task.vocab_fp},
+        "fields": _fields_digest(job.fields, job.id_columns, model.output_names),
+        "outputs": model.output_names,
+        "id_columns": list(job.id_columns),
+        "input": {
+            "partitions": len(pieces),
+            "rows": sum(p.rows or 0 for p in pieces),
+            "digest": hashlib.sha256(json.dumps([p.identity() for p in pieces]).encode()).hexdigest(),
+            "files": inputs.files,  # every file read, or quarantined
+            **({"csv": job.csv.to_dict()} if job.csv else {}),
+            **({"partition_types": dict(job.partition_types)} if job.partition_types else {}),
+        },
+    }
+    unreadable = [{"index": None, "input": u.identity, "error": u.error} for u in inputs.unreadable]
+    task = dataclasses.replace(task, job_token=job_token(header))
+    return Plan(job, task, pieces, model.output_names, header, unreadable)
+
+
+def job_token(header: dict) -> str:
+    """What identifies a job's scores: a hash of its fingerprints (the plan header)."""
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warm_task(job: JobSpec, rows_hint: int | None = None, settings: dict | None = None) -> TaskSpec:
+    """``job``'s TaskSpec before the client has fingerprinted the model and tables:
+    what workers warm up with (``worker.Runtime.warm``) while the client plans.
+    ``settings``: the job's ``config.snapshot()`` (default: one taken now)."""
+    return TaskSpec(
+        fields=tuple(job.fields),
+        model=job.model,
+        model_fp=None,
+        vocab=job.vocab,
+        vocab_fp=None,
+        id_columns=tuple(job.id_columns),
+        storage_options=job.storage_options,
+        rows_hint=rows_hint,
+        encode_device=job.encode_device,
+        partition_bytes=partition_bytes(job),
+        reading=reading_of(job),
+        settings=config.snapshot() if settings is None else settings,
+    )
+
+
+def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
+    """The job's input pieces, sized by its ``partition_rows`` and ``partition_bytes``."""
+    return io.plan(
+        fs, files, job.partition_rows, bad=bad, partition_bytes=partition_bytes(job), reading=reading_of(job),
+        id_types=id_types,
+    )  # fmt: skip
+
+
+def partition_bytes(job: JobSpec) -> int:
+    """The job's ``partition_bytes`` in bytes; where the job leaves it unset (None),
+    ``config.get("partition-bytes")``."""
+    from dask.utils import parse_bytes
+
+    value = job.partition_bytes if job.partition_bytes is not None else config.get("partition-bytes")
+    return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def reading_of(job: JobSpec) -> io.Reading:
+    """How the job's input files are read (its ``csv`` and ``partition_types`` keys)."""
+    return io.Reading(job.csv, dict(job.partition_types))
+
+
+def _first_schema(fs, files, columns, reading, quarantine: bool):
+    """``(file, schema)`` of the first input file, the one the job is checked against.
+    With ``quarantine``, an unreadable file is left for the plan to quarantine and the
+    next one is used."""
+    for file in files:
+        try:
+            return file, io.read_schema(fs, file, columns, reading)
+        except io.InputError:
+            if not quarantine or file is files[-1]:
+                raise
+
+
+def largest_indices(fields, vocab) -> dict:
+    """Per field, the largest index its encoding can produce."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for f in fields:
+        if f.buckets is not None:
+            out[f.name] = f.buckets + 1
+        elif vocab is not None and vocab[f.name].num_rows:
+            out[f.name] = int(pc.max(vocab[f.name].column("index")).as_py())
+    return out
