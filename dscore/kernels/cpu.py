@@ -1,8 +1,9 @@
 """The CPU kernels: Arrow buffers in, padded int32 index matrices out (numba, one thread each).
 
-The loops over rows, and nothing else: what a row's tokens go through (split,
-strip, lower, key, hash, look up) is ``dscore.kernels.walk`` (with ``table`` and
-``text``), compiled here for the CPU as ``w``; ``dscore.kernel_args`` makes the arguments from Arrow arrays.
+Thin entry points: the encode loop itself (split, strip, lower, key, hash, look up,
+pad) is ``dscore.kernels.walk.encode_rows`` (with ``table`` and ``text``), compiled
+here for the CPU once per kind as ``W[kind]``; ``dscore.kernel_args`` makes the
+arguments from Arrow arrays.
 ``spec`` is ``dscore.kernel_args.KernelSpec`` as a plain tuple; ``lk`` the exact
 lookup ``(slots, arena)`` from ``build_table`` (not read when ``buckets > 0``,
 hashing mode); ``counts`` accumulates ``[tokens, kept, oov, truncated_rows]``:
@@ -14,8 +15,7 @@ from explicit signatures: offsets come as int32 or int64 on each of up to two
 levels, and compiling every combination eagerly would cost a fresh machine tens
 of seconds at import for variants most jobs never use. Read-only (Arrow-backed)
 arrays are handled by numba's dispatcher as their own types. ``ENCODE_ROWS`` and
-``TOKENIZE_ROWS`` hold one kernel per kind: ``kind`` is a compile-time constant,
-so the other kinds' branches vanish from the token loop (measured: up to 1.5x).
+``TOKENIZE_ROWS`` hold one kernel per kind, each on its kind's ``W[kind]``.
 """
 
 from __future__ import annotations
@@ -51,16 +51,27 @@ def _prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
-w = walk.compile_for(
-    "cpu", njit(inline="always"), njit,
-    u=table.index_unsigned, copy_key=text.copy_key_words, find_byte=walk.find_byte_words, emit=walk.emit_store,
-    prefetch=_prefetch,
-)  # fmt: skip
+# The walk compiled for the CPU, once per kind (``W[kind]``; the kernels call it as ``w``).
+W = {
+    kind: walk.compile_for(
+        "cpu", kind, njit(inline="always"), njit, lookup_at_once=False,
+        u=table.index_unsigned, copy_key=text.copy_key_words, find_byte=walk.find_byte_words, prefetch=_prefetch,
+    )
+    for kind in KINDS
+}  # fmt: skip
+
+
+_NO_KEY_OFFSETS = np.empty(0, dtype=np.int64)  # one scratch for every row's keys (see walk.encode_rows)
+_TOKENIZE_CHUNK = 1 << 20
+_NO_ARENA = np.empty(0, dtype=np.uint8)
 
 
 # Each kernel is made by a function of ``source`` (walk.SOURCE), which it keeps in its
-# closure so that numba's cache key changes with the walk's files (see walk.SOURCE).
+# closure so that numba's cache key changes with the walk's files (see walk.SOURCE),
+# beside ``w``, the walk compiled for its kind (a module: pickled by name in the key).
 def _xxh64(source):
+    w = W[DELIMITED]
+
     @njit(cache=True)
     def xxh64(buf, start, length):
         """XXH64 (seed 0) of ``buf[start:start + length]`` as uint64."""
@@ -71,6 +82,8 @@ def _xxh64(source):
 
 
 def _build_table(source):
+    w = W[DELIMITED]
+
     @njit(cache=True, nogil=True)
     def build_table(token_offsets, token_bytes, values, capacity):
         """Lookup table over tokens ``token_bytes[token_offsets[i]:token_offsets[i + 1]]``.
@@ -102,6 +115,8 @@ def _build_table(source):
 
 
 def _encode_rows(kind, source):
+    w = W[kind]
+
     @njit(cache=True, nogil=True)
     def encode_rows(
         starts, stops, row_valid, row_valid_off,
@@ -116,29 +131,29 @@ def _encode_rows(kind, source):
         """
         source  # noqa: B018
         _, max_len, tail, pad_left, lower, strip, replace = spec
-        rule = (max_len, tail, lower, strip, replace)
         slots, arena = lk
-        keys = np.empty(w.scratch_size(kind, starts, stops, offsets), dtype=np.uint8)
-        sink = (np.empty(max_len, np.int64), np.empty(max_len, np.int64), np.empty(max_len, np.uint64), slots, buckets)
-        for i in range(starts.shape[0]):
-            k = t = oov = 0
-            if w.is_valid(row_valid, row_valid_off, i):
-                k, t, _, invalid = w.walk_row(
-                    kind, starts[i], stops[i], rule, offsets, data, valid, valid_off, sep, uni, keys, 0, sink
-                )
-                if invalid:
-                    bad[0] = i
-                    return
-                oov = w.lookup_keys(out, w.u(i), k, keys, sink, arena)
-            w.pad_row(out, w.u(i), k, max_len, pad_left)
-            w.add_row(counts, max_len, t, k, oov)
-            if row_tokens.shape[0] > 0:
-                row_tokens[i] = t
+        keys = np.empty(w.scratch_size(starts, stops, offsets), dtype=np.uint8)
+        key_start = np.empty(max_len, dtype=np.int64)
+        key_len = np.empty(max_len, dtype=np.int64)
+        hashes = np.empty(max_len, dtype=np.uint64)
+        first_bad, tokens, kept, oov, truncated = w.encode_rows(
+            0, starts.shape[0], 1, starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off,
+            (max_len, tail, pad_left, lower, strip, replace, 1), sep, buckets, slots, arena, uni,
+            keys, _NO_KEY_OFFSETS, out, row_tokens, key_start, key_len, hashes,
+        )  # fmt: skip
+        counts[0] += tokens
+        counts[1] += kept
+        counts[2] += oov
+        counts[3] += truncated
+        if first_bad >= 0:
+            bad[0] = first_bad
 
     return encode_rows
 
 
 def _gather_rows(source):
+    w = W[DELIMITED]
+
     @njit(cache=True, nogil=True)
     def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
         """Fill ``out`` from per-dictionary-entry rows: ``out[i] = dict_out[codes[i]]``."""
@@ -151,6 +166,8 @@ def _gather_rows(source):
 
 
 def _tokenize_rows(kind, source):
+    w = W[kind]
+
     @njit(cache=True, nogil=True)
     def tokenize_rows(starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off, spec, sep, uni):
         """Every key of every row (no truncation), with its row; see ``encode_rows``.
@@ -162,44 +179,60 @@ def _tokenize_rows(kind, source):
         source  # noqa: B018
         lower, strip, replace = spec[4], spec[5], spec[6]
         n = starts.shape[0]
-        # a row's keys fit in its scratch, and it has fewer non-empty tokens than bytes
-        size = w.scratch_size(kind, starts, stops, offsets)
-        scratch = np.empty(size, dtype=np.uint8)
-        key_start = np.empty(size, dtype=np.int64)
-        key_len = np.empty(size, dtype=np.int64)
-        sink = (key_start, key_len, np.empty(size, np.uint64), np.zeros((1, 2), np.uint64), 1)
-        rule = (size, 0, lower, strip, replace)
+        no_table = np.zeros((1, 2), dtype=np.uint64)
+        no_out = np.empty((n, 0), dtype=np.int32)
+        key_off = np.zeros(n, dtype=np.int64)
+        row_tokens = np.zeros(n, dtype=np.int64)
         cap = 16 + n
         tok_offsets = np.zeros(cap + 1, dtype=np.int64)
         tok_rows = np.empty(cap, dtype=np.int64)
         tok_bytes = np.empty(1024, dtype=np.uint8)
         ntok = 0
-        for i in range(n):
-            if not w.is_valid(row_valid, row_valid_off, i):
-                continue
-            k, _, _, invalid = w.walk_row(
-                kind, starts[i], stops[i], rule, offsets, data, valid, valid_off, sep, uni, scratch, 0, sink
-            )
-            if invalid:
-                return tok_offsets, tok_bytes, tok_rows, ntok, i
-            for c in range(k):
-                if ntok >= tok_rows.shape[0]:  # grow: capacity is len(tok_rows) == len(tok_offsets) - 1
-                    grown = np.empty(2 * tok_rows.shape[0] + 1, dtype=np.int64)
-                    grown[: ntok + 1] = tok_offsets[: ntok + 1]
-                    tok_offsets = grown
-                    rows = np.empty(2 * tok_rows.shape[0], dtype=np.int64)
-                    rows[:ntok] = tok_rows[:ntok]
-                    tok_rows = rows
-                m = key_len[c]
-                pos = tok_offsets[ntok]
-                if pos + m > tok_bytes.shape[0]:
-                    more = np.empty(2 * tok_bytes.shape[0] + m, dtype=np.uint8)
-                    more[:pos] = tok_bytes[:pos]
-                    tok_bytes = more
-                tok_bytes[pos : pos + m] = scratch[key_start[c] : key_start[c] + m]
-                tok_offsets[ntok + 1] = pos + m
-                tok_rows[ntok] = i
-                ntok += 1
+        a = 0
+        while a < n:
+            # Rows a:b, each with scratch for its keys (3 per input byte, see text.key_unicode),
+            # about 1 MiB of them in all: one call encodes them all.
+            b = a
+            size = 0
+            while b < n and (b == a or size < _TOKENIZE_CHUNK):
+                key_off[b] = size
+                if w.KIND == LIST:
+                    size += 3 * (offsets[stops[b]] - offsets[starts[b]] if stops[b] > starts[b] else 0) + 8
+                else:
+                    size += 3 * max(stops[b] - starts[b], 0) + 8
+                b += 1
+            scratch = np.empty(size, dtype=np.uint8)
+            key_start = np.empty(size, dtype=np.int64)  # a non-empty token has a byte at least
+            key_len = np.empty(size, dtype=np.int64)
+            first_bad, _, _, _, _ = w.encode_rows(
+                a, b, 1, starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off,
+                (size, 0, 0, lower, strip, replace, 0), sep, 1, no_table, _NO_ARENA, uni, scratch, key_off, no_out,
+                row_tokens, key_start, key_len, np.empty(size, dtype=np.uint64),
+            )  # fmt: skip
+            if first_bad >= 0:
+                return tok_offsets, tok_bytes, tok_rows, ntok, first_bad
+            c = 0
+            for i in range(a, b):
+                for _ in range(row_tokens[i]):
+                    if ntok >= tok_rows.shape[0]:  # grow: capacity is len(tok_rows) == len(tok_offsets) - 1
+                        grown = np.empty(2 * tok_rows.shape[0] + 1, dtype=np.int64)
+                        grown[: ntok + 1] = tok_offsets[: ntok + 1]
+                        tok_offsets = grown
+                        rows = np.empty(2 * tok_rows.shape[0], dtype=np.int64)
+                        rows[:ntok] = tok_rows[:ntok]
+                        tok_rows = rows
+                    m = key_len[c]
+                    pos = tok_offsets[ntok]
+                    if pos + m > tok_bytes.shape[0]:
+                        more = np.empty(2 * tok_bytes.shape[0] + m, dtype=np.uint8)
+                        more[:pos] = tok_bytes[:pos]
+                        tok_bytes = more
+                    tok_bytes[pos : pos + m] = scratch[key_start[c] : key_start[c] + m]
+                    tok_offsets[ntok + 1] = pos + m
+                    tok_rows[ntok] = i
+                    ntok += 1
+                    c += 1
+            a = b
         return tok_offsets, tok_bytes, tok_rows, ntok, -1
 
     return tokenize_rows

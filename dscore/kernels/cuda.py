@@ -2,16 +2,17 @@
 
 The loops over rows, and nothing else: a row's tokens go through the same
 ``dscore.kernels.walk`` as on the CPU, compiled here as CUDA device functions
-(``w``). What differs, all deliberate:
+(``W[kind]``). What differs, all deliberate:
 
 * One thread encodes one row (grid-stride loop). A row's keys go to its own slice
   of a global scratch buffer (CUDA kernels cannot allocate), at offsets the host
   computes from the row byte lengths (``dscore.encoding_cuda``); each key is looked
-  up as soon as it is hashed (``walk.emit_lookup``), since the CPU kernel's second
+  up as soon as it is hashed (``walk.LOOKUP_AT_ONCE``), since the CPU kernel's second
   pass exists only to prefetch slots, and a GPU hides that latency with other warps.
 * Counts are summed per thread and added with one atomic per counter per thread.
 * A row with invalid UTF-8 (without ``replace``) is reported by lowering
-  ``counts[4]`` atomically to its index (the CPU kernel stops at the first).
+  ``counts[4]`` atomically to its index; its thread stops there, as the CPU kernel
+  does at the first.
 
 The kernels take the CPU kernels' arguments with the tuples unpacked (``spec``
 minus its kind, ``lk``, ``uni``): numba.cuda launches take arrays and scalars.
@@ -21,26 +22,31 @@ host side (uploads, launches, caches) is ``dscore.encoding_cuda``.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import cuda
 
 from . import walk
 from .walk import DELIMITED, DELIMITED_SEQ, KINDS, LIST, SCALAR
 
-w = walk.compile_for("cuda", cuda.jit(device=True), cuda.jit(device=True))
+# The walk compiled for CUDA, once per kind (``W[kind]``; the kernels call it as ``w``).
+W = {kind: walk.compile_for("cuda", kind, cuda.jit(device=True), cuda.jit(device=True), True) for kind in KINDS}
 
 
 @cuda.jit(device=True)
-def _add_counts(counts, acc):
-    """Add a thread's ``acc`` to the launch's ``counts``: one atomic per counter."""
-    if acc[0] > 0:  # kept, oov and truncated are 0 too otherwise
-        for c in range(4):
-            cuda.atomic.add(counts, c, acc[c])
+def _add_counts(counts, tokens, kept, oov, truncated):
+    """Add a thread's counts to the launch's ``counts``: one atomic per counter."""
+    if tokens > 0:  # kept, oov and truncated are 0 too otherwise
+        cuda.atomic.add(counts, 0, tokens)
+        cuda.atomic.add(counts, 1, kept)
+        cuda.atomic.add(counts, 2, oov)
+        cuda.atomic.add(counts, 3, truncated)
 
 
 # Each kernel is made by a function of ``source`` (walk.SOURCE), which it keeps in its
-# closure so that numba's cache key changes with the walk's files (see walk.SOURCE).
+# closure so that numba's cache key changes with the walk's files (see walk.SOURCE),
+# beside ``w``, the walk compiled for its kind (a module: pickled by name in the key).
 def _encode_rows(kind, source):
+    w = W[kind]
+
     @cuda.jit(cache=True)
     def encode_rows(
         starts, stops, row_valid, row_valid_off,
@@ -56,41 +62,35 @@ def _encode_rows(kind, source):
         UTF-8 (without ``replace``), whose thread then stops encoding it.
         """
         source  # noqa: B018
-        uni = (low, exp_offsets, expansions, flags)
-        rule = (max_len, tail, lower, strip, replace)
-        acc = cuda.local.array(4, np.int64)
-        for c in range(4):
-            acc[c] = 0
-        for i in range(cuda.grid(1), starts.shape[0], cuda.gridsize(1)):
-            kept = tokens = oov = 0
-            if w.is_valid(row_valid, row_valid_off, i):
-                sink = (out, i, slots, arena, buckets)
-                kept, tokens, oov, invalid = w.walk_row(
-                    kind, starts[i], stops[i], rule, offsets, data, valid, valid_off, sep, uni, keys, key_off[i], sink
-                )
-                if invalid:
-                    cuda.atomic.min(counts, 4, i)
-            w.pad_row(out, i, kept, max_len, pad_left)
-            w.add_row(acc, max_len, tokens, kept, oov)
-            if row_tokens.shape[0] > 0:
-                row_tokens[i] = tokens
-        _add_counts(counts, acc)
+        first_bad, tokens, kept, oov, truncated = w.encode_rows(
+            cuda.grid(1), starts.shape[0], cuda.gridsize(1),
+            starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off,
+            (max_len, tail, pad_left, lower, strip, replace, 0), sep, buckets, slots, arena,
+            (low, exp_offsets, expansions, flags), keys, key_off, out, row_tokens,
+            key_off, key_off, slots[0],  # no key list: each key is looked up at once
+        )  # fmt: skip
+        if first_bad >= 0:
+            cuda.atomic.min(counts, 4, first_bad)
+        _add_counts(counts, tokens, kept, oov, truncated)
 
     return encode_rows
 
 
 def _gather_rows(source):
+    w = W[DELIMITED]
+
     @cuda.jit(cache=True)
     def gather_rows(codes, valid, valid_off, dict_out, dict_tokens, out, counts):
         """Fill ``out`` from per-dictionary-entry rows: ``out[i] = dict_out[codes[i]]``."""
         source  # noqa: B018
-        acc = cuda.local.array(4, np.int64)
-        for c in range(4):
-            acc[c] = 0
+        tokens = kept = oov = truncated = 0
         for i in range(cuda.grid(1), codes.shape[0], cuda.gridsize(1)):
-            tokens, kept, oov = w.gather_row(i, codes, valid, valid_off, dict_out, dict_tokens, out)
-            w.add_row(acc, out.shape[1], tokens, kept, oov)
-        _add_counts(counts, acc)
+            t, k, o = w.gather_row(i, codes, valid, valid_off, dict_out, dict_tokens, out)
+            tokens += t
+            kept += k
+            oov += o
+            truncated += t > out.shape[1]
+        _add_counts(counts, tokens, kept, oov, truncated)
 
     return gather_rows
 

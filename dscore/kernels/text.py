@@ -113,11 +113,6 @@ def strip_ascii(data, s, e):
     return s, e
 
 
-def non_ascii_ends(data, s, e):
-    """True when the non-empty ``data[s:e]`` starts or ends with a non-ASCII byte."""
-    return s < e and (data[u(s)] >= 0x80 or data[u(e - 1)] >= 0x80)
-
-
 def strip_unicode(data, s, e, flags):
     """Narrow ``[s, e)`` to drop leading and trailing ``str.isspace`` characters
     (invalid UTF-8 reads as U+FFFD, which is not a space)."""

@@ -1,19 +1,19 @@
 """The token walk, written once for the CPU and the CUDA kernels: a row's tokens to indices.
 
-This module (rows: split, strip, count, truncate, emit, pad), ``table`` (XXH64, the
+This module (rows: split, strip, truncate, look up, pad), ``table`` (XXH64, the
 lookup table) and ``text`` (UTF-8, strip, lower, keys) are plain Python over numpy
 arrays and scalars (no decorator, no numba import), whose functions call each other
 by their global names. ``compile_for`` makes one module of them for a target: a
 copy of each function whose globals are that module's, compiled by the target's
 compiler, so that the calls between them resolve to the same target's compiled
-versions. ``cpu.py`` and ``cuda.py`` hold only their kernels (the loops over rows)
-and call what is here as ``w.name``.
+versions. ``cpu.py`` and ``cuda.py`` hold only their kernels' entry points, which
+call ``w.encode_rows`` (the encode loop of both targets) and the leaves here.
 
 Where the targets must differ, each variant is a small leaf and the target chooses:
 ``u`` (the index cast, see ``table``), ``copy_key`` and ``find_byte`` (eight bytes
-at a time on the CPU, bytes on CUDA), ``emit`` (the CPU notes a row's keys to look
-them up in a pass of their own; a CUDA thread looks each up at once) and
-``prefetch``. The modules' defaults are the CUDA choices, so the plain functions
+at a time on the CPU, bytes on CUDA) and ``prefetch``; ``LOOKUP_AT_ONCE`` says
+whether a key is looked up as soon as it is hashed (CUDA) or a row's keys in a pass
+of their own (CPU). The modules' defaults are the CUDA choices, so the plain functions
 also run as they are (slowly) in Python.
 
 Conventions (the kernels' arguments, see ``dscore.kernel_args``):
@@ -32,7 +32,11 @@ Hot-path leaves (all but ``_CALLS``) are inlined into their callers on the CPU a
 call nothing compiled out of line: an inlined helper that does call out holds
 references to its array arguments across the call, and numba then increfs and
 decrefs every array on every token (atomics: 3-4x slower overall, measured). The
-rare non-ASCII paths and the walk of a row are therefore out-of-line functions.
+rare non-ASCII paths are therefore out-of-line functions, called from
+``encode_rows``, which is itself called once per kernel (per row, it measured up
+to 6x slower on one-token rows). Even a small leaf can cost: the token loop is
+spelled out in ``encode_rows`` because the same loop through a cursor helper, or
+its edge test through a one-line helper, measured 1.3-1.5x slower.
 """
 
 from __future__ import annotations
@@ -45,13 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from . import table, text
-from .table import OOV, PAD, index_of, read64, u, xxh64
+from .table import FIRST_INDEX, OOV, PAD, find_slot, index_of, read64, u, xxh64
 from .text import (
     HIGHS,
     copy_key,
     is_ascii,
     key_unicode,
-    non_ascii_ends,
     strip_ascii,
     strip_unicode,
     utf8_invalid,
@@ -62,65 +65,16 @@ LIST = 1
 SCALAR = 2
 DELIMITED_SEQ = 3  # separated by a multi-byte sequence
 KINDS = (DELIMITED, LIST, SCALAR, DELIMITED_SEQ)
+# The kind of the rows the walk reads: a constant of each compiled module
+# (``compile_for``), so that the other kinds' branches vanish from the token loop
+# (measured: up to 1.5x; a ``kind`` argument, even a literal one, measured 2x slower).
+KIND = DELIMITED
 
 ONES = np.uint64(0x0101010101010101)
 
 
 def prefetch_none(arr, idx):
     return None
-
-
-# ---------------------------------------------------------------- keys to indices
-def emit_store(sink, k, keys, o, m, h):
-    """The CPU's ``emit``: note the row's ``k``-th key for ``lookup_keys``; 0 (no OOV yet).
-
-    ``sink`` is ``(key_start, key_len, hashes, slots, buckets)``. The probe comes
-    after the row's last key: the key's home slot starts loading now.
-    """
-    key_start, key_len, hashes, slots, buckets = sink
-    key_start[u(k)] = o
-    key_len[u(k)] = m
-    hashes[u(k)] = h
-    if buckets == 0:
-        prefetch(slots, np.int64((h & np.uint64(slots.shape[0] - 1)) * np.uint64(2)))
-    return 0
-
-
-def emit_lookup(sink, k, keys, o, m, h):
-    """CUDA's ``emit``: write the index of the row's ``k``-th key at once; 1 when it is OOV.
-
-    ``sink`` is ``(out, row, slots, arena, buckets)``. A GPU hides the probe's
-    latency with other warps, so there is no second pass to prefetch for.
-    """
-    out, row, slots, arena, buckets = sink
-    x = index_of(keys, o, m, h, buckets, slots, arena)
-    out[row, k] = x
-    return 1 if x == OOV else 0
-
-
-def lookup_keys(out, row, k, keys, sink, arena):
-    """The CPU's second pass over a row's ``k`` keys noted by ``emit_store``: write their
-    indices to ``out[row]``; return how many are OOV.
-
-    Looking the keys up in a pass of their own, their slots prefetched when hashed,
-    is 1.3x faster on a 200k vocabulary than probing each key as soon as it is
-    hashed, which waits on a cache miss per rare token (measured).
-    """
-    key_start, key_len, hashes, slots, buckets = sink
-    if buckets == 0:
-        # The home slots are in cache by now: start loading the tokens they point
-        # at, so that the compares below wait on fewer arena misses.
-        mask = np.uint64(slots.shape[0] - 1)
-        for c in range(u(k)):
-            j = hashes[c] & mask
-            if slots[j, 0] == hashes[c]:
-                prefetch(arena, np.int64(slots[j, 1] & np.uint64(0xFFFFFFFF)))
-    oov = 0
-    for c in range(u(k)):
-        x = index_of(keys, key_start[c], key_len[c], hashes[c], buckets, slots, arena)
-        out[row, c] = x
-        oov += x == OOV
-    return oov
 
 
 # ---------------------------------------------------------------- rows of tokens
@@ -179,100 +133,154 @@ def find_seq(data, p, e, sep):
     return e
 
 
-def more(kind, p, e0):
-    """Whether the cursor ``p`` of a row ending at ``e0`` has a token left: a list
-    element, or (the other kinds) a place in the cell where one starts, ``e0`` itself
-    included (an empty cell or a trailing separator leaves an empty token)."""
-    if kind == LIST:
-        return p < e0
-    return p <= e0
+def encode_rows(
+    first, stop, step, starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off,
+    rule, sep, buckets, slots, arena, uni, keys, key_off, out, row_tokens, key_start, key_len, hashes,
+):  # fmt: skip
+    """Encode rows ``first, first + step, ...`` (below ``stop``) into ``out``: the body of
+    both targets' encode kernels, called once per kernel (CPU) or thread (CUDA), so
+    that the token loop is compiled into the loop over rows with the kernel's own arrays.
 
+    ``rule`` is ``(max_len, tail, pad_left, lower, strip, replace, lookup)``: the first
+    ``max_len`` non-empty tokens are kept, or the last with ``tail``. Each kept key is
+    looked up at once on CUDA (``LOOKUP_AT_ONCE``); on the CPU it is noted in
+    ``key_start``, ``key_len``, ``hashes``, and, with ``lookup``, the row's keys are
+    looked up after its last; without, every row's keys stay noted there, one row's
+    after another's, for the caller to read. Row
+    ``i`` builds its keys from ``keys[key_off[i]]`` on (from ``keys[0]`` when
+    ``key_off`` is empty: one scratch reused by every row). ``out`` is padded to its
+    width; ``row_tokens``, when non-empty, receives each row's token count.
 
-def next_span(kind, p, e0, offsets, data, valid, valid_off, sep, strip):
-    """``(s, e, cursor after)`` of the token at the cursor ``p``, ASCII white space
-    stripped if ``strip``; ``s == e`` for a null or empty one.
-
-    The one-byte separator search must stay a loop of its own: with the general
-    search in the same inlined body, the token loop measured 2x slower. ``kind`` is
-    a compile-time constant wherever this is inlined, so the other kinds' branches
-    vanish (measured: up to 1.5x).
+    Returns ``(bad, tokens, kept, oov, truncated_rows)``: ``bad`` is the first row
+    holding invalid UTF-8 when ``replace`` is off (the rows stop there; a dropped
+    token must be valid UTF-8 too, as Arrow's validation demands), else -1.
     """
-    if kind == LIST:
-        if not is_valid(valid, valid_off, p):
-            return 0, 0, p + 1
-        s = offsets[p]
-        e = offsets[p + 1]
-        p += 1
-    else:
-        s = p
-        if kind == DELIMITED:
-            e = find_byte(data, p, e0, sep[0])
-        elif kind == DELIMITED_SEQ:
-            e = find_seq(data, p, e0, sep)
-        else:
-            e = e0
-        p = e + sep.shape[0]  # past e0 after the last token
-    if strip:
-        s, e = strip_ascii(data, s, e)
-    return s, e, p
-
-
-def count_tokens(kind, p, e0, offsets, data, valid, valid_off, sep, strip, flags):
-    """Non-empty tokens of the row ``p:e0`` (tail truncation must know how many to skip)."""
-    t = 0
-    while more(kind, p, e0):
-        s, e, p = next_span(kind, p, e0, offsets, data, valid, valid_off, sep, strip)
-        if strip and non_ascii_ends(data, s, e):
-            s, e = strip_unicode(data, s, e, flags)
-        t += s < e
-    return t
-
-
-def walk_row(kind, p, e0, rule, offsets, data, valid, valid_off, sep, uni, keys, o, sink):
-    """Normalize, key and hash the tokens of the row ``p:e0``, handing each kept key to
-    ``emit``; the keys are built one after another from ``keys[o]`` on.
-
-    ``rule`` is ``(max_len, tail, lower, strip, replace)``: the first ``max_len``
-    non-empty tokens are kept, or the last with ``tail``. Returns ``(kept, tokens,
-    oov, invalid)``: ``oov`` is what ``emit`` counted; ``invalid`` that the row holds
-    invalid UTF-8 and ``replace`` is off (the walk stops there). A dropped token must
-    be valid UTF-8 too, as Arrow's validation demands.
-    """
-    max_len, tail, lower, strip, replace = rule
+    max_len, tail, pad_left, lower, strip, replace, lookup = rule
     flags = uni[3]
-    skip = 0
-    if tail:
-        skip = count_tokens(kind, p, e0, offsets, data, valid, valid_off, sep, strip, flags) - max_len
-    k = 0
-    t = 0
+    c0 = sep[0]
+    nsep = sep.shape[0]
+    mask = np.uint64(slots.shape[0] - 1)
+    base = 0  # where the row's keys are noted: 0, or after the rows before when not ``lookup``
+    tokens = 0
+    kept = 0
     oov = 0
-    while more(kind, p, e0):
-        s, e, p = next_span(kind, p, e0, offsets, data, valid, valid_off, sep, strip)
-        if strip and non_ascii_ends(data, s, e):
-            s, e = strip_unicode(data, s, e, flags)
-        if s >= e:
-            continue
-        t += 1
-        if t <= skip or k >= max_len:
-            if not replace and not is_ascii(data, s, e) and utf8_invalid(data, s, e):
-                return k, t, oov, True
-            continue
-        m = e - s
-        if copy_key(data, s, e, lower, keys, o):
-            m, invalid = key_unicode(data, s, e, uni, lower, keys, o)
-            if invalid and not replace:
-                return k, t, oov, True
-        oov += emit(sink, k, keys, o, m, xxh64(keys, o, m))
-        o += m
-        k += 1
-    return k, t, oov, False
+    truncated = 0
+    for i in range(first, stop, step):
+        k = 0
+        t = 0
+        if is_valid(row_valid, row_valid_off, i):
+            # With ``tail`` a first pass counts the row's tokens: the last ``max_len`` are kept.
+            counting = tail
+            skip = 0
+            while True:
+                o = key_off[i] if key_off.shape[0] > 0 else 0
+                p = starts[i]
+                e0 = stops[i]
+                j = p
+                done = False
+                t = 0
+                while True:
+                    if KIND == LIST:
+                        if j >= e0:
+                            break
+                        ok = is_valid(valid, valid_off, j)
+                        s = offsets[j]
+                        e = offsets[j + 1]
+                        j += 1
+                        if not ok:
+                            continue
+                    else:
+                        if done:
+                            break
+                        s = p
+                        # The one-byte search must stay a loop of its own: with the general
+                        # search in the same body, the token loop measured 2x slower.
+                        if KIND == DELIMITED:
+                            e = find_byte(data, p, e0, c0)
+                        elif KIND == DELIMITED_SEQ:
+                            e = find_seq(data, p, e0, sep)
+                        else:
+                            e = e0
+                        if e >= e0:
+                            done = True
+                        else:
+                            p = e + nsep
+                    if strip:
+                        # (spelled out: through a helper, the token loop measured 1.5x slower)
+                        s, e = strip_ascii(data, s, e)
+                        if s < e and (data[u(s)] >= 0x80 or data[u(e - 1)] >= 0x80):
+                            s, e = strip_unicode(data, s, e, flags)
+                    if s >= e:
+                        continue
+                    t += 1
+                    if counting:
+                        continue
+                    if t <= skip or k >= max_len:
+                        if not replace and not is_ascii(data, s, e) and utf8_invalid(data, s, e):
+                            return i, tokens, kept, oov, truncated
+                        continue
+                    m = e - s
+                    if copy_key(data, s, e, lower, keys, o):
+                        m, invalid = key_unicode(data, s, e, uni, lower, keys, o)
+                        if invalid and not replace:
+                            return i, tokens, kept, oov, truncated
+                    h = xxh64(keys, o, m)
+                    if LOOKUP_AT_ONCE:  # a GPU hides the probe's latency with other warps
+                        x = index_of(keys, o, m, h, buckets, slots, arena)
+                        out[i, k] = x
+                        oov += x == OOV
+                    else:  # look the row's keys up after its last: start loading each key's home slot
+                        key_start[u(base + k)] = o
+                        key_len[u(base + k)] = m
+                        hashes[u(base + k)] = h
+                        if buckets == 0:
+                            prefetch(slots, np.int64((h & mask) * np.uint64(2)))
+                    o += m
+                    k += 1
+                if not counting:
+                    break
+                counting = 0
+                skip = t - max_len
+            if LOOKUP_AT_ONCE or not lookup:
+                pass
+            elif buckets > 0:
+                row = u(i)
+                for c in range(u(k)):
+                    out[row, c] = FIRST_INDEX + np.int64(hashes[c] % np.uint64(buckets))
+            else:
+                # A pass of its own, the slots prefetched when hashed: probing each key
+                # as soon as it is hashed waits on a cache miss per rare token (1.3x
+                # slower on a 200k vocabulary, measured). The home slots are in cache by
+                # now: start loading the tokens they point at, so that the compares
+                # below wait on fewer arena misses.
+                row = u(i)
+                for c in range(u(k)):
+                    home = hashes[c] & mask
+                    if slots[home, 0] == hashes[c]:
+                        prefetch(arena, np.int64(slots[home, 1] & np.uint64(0xFFFFFFFF)))
+                for c in range(u(k)):
+                    w = slots[find_slot(keys, key_start[c], key_len[c], hashes[c], slots, arena), 1]
+                    if w != 0:
+                        out[row, c] = np.int64(w >> np.uint64(32))
+                    else:
+                        out[row, c] = OOV
+                        oov += 1
+        pad_row(out, u(i), k, out.shape[1], pad_left)
+        tokens += t
+        kept += k
+        truncated += t > max_len
+        if row_tokens.shape[0] > 0:
+            row_tokens[i] = t
+        if not lookup:
+            base += k
+    return -1, tokens, kept, oov, truncated
 
 
-def scratch_size(kind, starts, stops, offsets):
+def scratch_size(starts, stops, offsets):
     """Bytes that the keys of the longest row can need (``key_unicode``: at most 3 per input byte)."""
     longest = 0
     for i in range(starts.shape[0]):
-        if kind == LIST:
+        if KIND == LIST:
             longest = max(longest, offsets[stops[i]] - offsets[starts[i]] if stops[i] > starts[i] else 0)
         else:
             longest = max(longest, stops[i] - starts[i])
@@ -320,14 +328,17 @@ def add_row(counts, max_len, tokens, kept, oov):
 
 # ---------------------------------------------------------------- targets
 find_byte = find_byte_bytes
-emit = emit_lookup
 prefetch = prefetch_none
+# On a GPU each key is looked up as soon as it is hashed; the CPU looks a row's keys
+# up in a pass of their own, prefetched (see encode_rows). A module constant, so
+# the other target's branch vanishes.
+LOOKUP_AT_ONCE = True
 
 _SOURCES = (table, text, sys.modules[__name__])
-# Out of line on the CPU: the rare paths, and the walk of a row (it calls them).
+# Out of line on the CPU: the rare paths, and the kernels' bodies (they call them).
 _CALLS = frozenset(
     {"decode", "decode_before", "put", "strip_unicode", "final_sigma", "key_unicode", "utf8_invalid",
-     "count_tokens", "walk_row", "scratch_size"}
+     "encode_rows", "scratch_size"}
 )  # fmt: skip
 
 # numba's cache checks only the file that defines a cached kernel, not the files of
@@ -338,18 +349,18 @@ SOURCE = int.from_bytes(
 )
 
 
-def compile_for(target: str, leaf, call, **chosen) -> types.ModuleType:
+def compile_for(target: str, kind: int, leaf, call, lookup_at_once: bool, **chosen) -> types.ModuleType:
     """The walk's functions (this module's, ``table``'s and ``text``'s) compiled for one
-    target, as the module ``dscore.kernels.walk.<target>``.
+    target and rows of one ``kind``, as the module ``dscore.kernels.walk.<target><kind>``.
 
     ``leaf`` compiles the hot-path leaves (e.g. ``numba.njit(inline="always")``),
     ``call`` the out-of-line functions (``_CALLS``); on CUDA both are
     ``cuda.jit(device=True)``. ``chosen`` maps a target leaf's name (``u``,
-    ``copy_key``, ``find_byte``, ``emit``, ``prefetch``) to the variant this target
+    ``copy_key``, ``find_byte``, ``prefetch``) to the variant this target
     uses: a function of these modules, or one compiled already (``prefetch``'s
     intrinsic).
     """
-    mod = types.ModuleType(f"{__name__}.{target}", f"``{__name__}`` compiled for {target}")
+    mod = types.ModuleType(f"{__name__}.{target}{kind}", f"``{__name__}`` compiled for {target}, kind {kind}")
     mod.__file__ = __file__
     ns = mod.__dict__
     own = {}
@@ -360,6 +371,8 @@ def compile_for(target: str, leaf, call, **chosen) -> types.ModuleType:
             elif not k.startswith("__"):
                 ns.setdefault(k, v)  # constants (and names imported, compiled below)
     del own["compile_for"]
+    ns["KIND"] = kind
+    ns["LOOKUP_AT_ONCE"] = lookup_at_once
     for name, f in own.items():
         f = chosen.get(name, f)
         if not isinstance(f, types.FunctionType):  # compiled already
