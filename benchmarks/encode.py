@@ -176,11 +176,11 @@ class Kernels:
         return self.module.build_table(offsets, data, np.arange(2, 2 + len(vocab), dtype=np.int32), capacity)[:2]
 
     def encode(self, rows, field, buckets, lk, uni, out):
-        from dscore.encoding import _NO_ROWS, _sep, _spec
+        from dscore.kernel_args import NO_ROWS, KernelSpec, separator
 
-        spec = _spec(field) if self.new else _spec(field)[:6]
+        spec = tuple(KernelSpec.of(field)) if self.new else tuple(KernelSpec.of(field))[:6]
         counts = np.zeros(4, dtype=np.int64)
-        args = (*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts)
+        args = (*rows, spec, separator(field), buckets, lk, uni, out, NO_ROWS, counts)
         if self.new:
             args += (np.full(1, -1, dtype=np.int64),)
         # CPU time of this thread: on a shared machine, wall time also counts other processes' turns
@@ -190,7 +190,7 @@ class Kernels:
 
 
 def sweep(args) -> None:
-    from dscore.encoding import _cell_rows
+    from dscore.kernel_args import row_buffers
     from dscore.kernels import cpu
     from dscore.kernels.unicode import tables
 
@@ -215,7 +215,7 @@ def sweep(args) -> None:
         for mixed in (False, True):
             for size in args.tables:
                 vocab = sweep_vocab(size, length, mixed)
-                rows = _cell_rows(sweep_column(rng, vocab, args.tokens, mixed))
+                rows = row_buffers(sweep_column(rng, vocab, args.tokens, mixed))
                 tables_ = [impl.table(vocab) for impl in impls]
                 out = np.empty((len(rows[0]), 40), dtype=np.int32)
                 times = {(i, s): [] for i in range(len(impls)) for s in steps}

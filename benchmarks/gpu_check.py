@@ -141,7 +141,7 @@ def versions() -> dict:
     except Exception as e:  # noqa: BLE001
         out["torch.cuda"] = f"error: {e}"
     try:
-        from dscore.kernels import cuda as kc
+        from dscore import encoding_cuda as kc
 
         out["numba.cuda"] = "usable" if kc.cuda_available() else f"not usable: {kc.unavailable_reason()}"
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
@@ -454,7 +454,7 @@ def release_gpu(devices: Devices) -> None:
     """Hand this process's GPU memory back before the cluster's workers need it."""
     if not devices.gpu:
         return
-    from dscore.kernels import cuda as kc
+    from dscore import encoding_cuda as kc
 
     kc.clear()
     import torch

@@ -1,9 +1,12 @@
-"""Arrow columns -> kernel inputs: type checks, buffer extraction, per-field statistics.
+"""Fields of Arrow tables -> int32 index matrices: type checks, the encode loop, statistics.
 
 ``encode(table, fields, vocab)`` is the public entry point; ``encode_table`` also
 returns the per-field counts the job report shows, and encodes on the CPU or, with
-``device="cuda"``, on the GPU (``dscore.encoding_cuda``, imported only then). The
-kernels themselves live in ``dscore.kernels`` and never see Arrow objects.
+``device="cuda"``, on the GPU: the same loop (``_encode_fields``, ``_encode_array``)
+with ``dscore.encoding_cuda`` as its device, imported only then. Also here: the
+invalid-UTF-8 error and its message, the choice of encode device, and ``tokenize``
+(every key of a column, for fitting vocabularies). The kernel arguments come from
+``dscore.kernel_args``; the kernels (``dscore.kernels``) never see Arrow objects.
 """
 
 from __future__ import annotations
@@ -14,16 +17,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from .errors import DscoreError
+from .kernel_args import (
+    EMPTY_LOOKUP,
+    NO_ROWS,
+    KernelSpec,
+    as_strings,
+    dictionary_codes,
+    dictionary_strings,
+    is_list,
+    list_buffers,
+    row_buffers,
+    separator,
+    validity,
+)
 from .kernels import cpu
 from .kernels.unicode import tables as unicode_tables
 from .spec import ENCODE_DEVICES, Field
-
-_KIND_CODE = {"delimited": cpu.DELIMITED, "list": cpu.LIST, "scalar": cpu.SCALAR}
-_NO_BITS = np.empty(0, dtype=np.uint8)
-_NO_BITS.flags.writeable = False
-_NO_ROWS = np.empty(0, dtype=np.int64)
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +81,12 @@ def _is_token_type(t: pa.DataType) -> bool:
     return _is_stringish(t) or pa.types.is_integer(t) or pa.types.is_null(t)
 
 
-def _is_list(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or pa.types.is_list_view(t)
-        or pa.types.is_large_list_view(t)
-    )
-
-
 def check_field_type(field: Field, type: pa.DataType, where: str = "") -> None:
     """Raise ``TypeError`` when a column of Arrow ``type`` cannot feed ``field``."""
     if pa.types.is_null(type):
         return
     if field.kind == "list":
-        if _is_list(type) and _is_token_type(type.value_type):
+        if is_list(type) and _is_token_type(type.value_type):
             return
         expected = "a list of strings or integers (list<string>, large_list<string>, list<int64>, ...)"
         hint = "; for a string of separated tokens use kind: delimited" if _is_token_type(type) else ""
@@ -93,124 +94,15 @@ def check_field_type(field: Field, type: pa.DataType, where: str = "") -> None:
         if _is_token_type(type):
             return
         expected = "a string, dictionary<string> or integer column"
-        hint = "; for a list column use kind: list" if _is_list(type) else ""
+        hint = "; for a list column use kind: list" if is_list(type) else ""
     raise TypeError(
         f"{where}field {field.name!r} (column {field.column!r}, kind {field.kind!r}) expects "
         f"{expected}; found {type}{hint}"
     )
 
 
-# ---------------------------------------------------------------- buffers
-def _readonly(a: np.ndarray) -> np.ndarray:
-    """Kernel inputs are always read-only, as Arrow memory is: one compiled variant, not two."""
-    a.flags.writeable = False
-    return a
-
-
-def _bits(arr: pa.Array):
-    """Validity bitmap and its bit offset, or an empty bitmap when there are no nulls."""
-    buf = arr.buffers()[0]
-    if buf is None or arr.null_count == 0:
-        return _NO_BITS, 0
-    return _readonly(np.frombuffer(buf, dtype=np.uint8)), arr.offset
-
-
-def _string_buffers(arr: pa.Array):
-    """``(offsets, data, valid, valid_off)`` of a string/large_string array, zero-copy."""
-    n = len(arr)
-    bufs = arr.buffers()
-    otype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    if bufs[1] is None:
-        offsets = np.zeros(n + 1, dtype=otype)
-    else:
-        offsets = np.frombuffer(bufs[1], dtype=otype)[arr.offset : arr.offset + n + 1]
-    data = _NO_BITS if bufs[2] is None else np.frombuffer(bufs[2], dtype=np.uint8)
-    valid, off = _bits(arr)
-    return _readonly(offsets), _readonly(data), valid, off
-
-
-def _cell_rows(arr: pa.Array):
-    """Kernel row arguments for a string column: each row is its own cell."""
-    offsets, data, valid, off = _string_buffers(_as_strings(arr))
-    return offsets[:-1], offsets[1:], valid, off, offsets, data, _NO_BITS, 0
-
-
-def _list_rows(arr: pa.Array):
-    """Kernel row arguments for a list column: each row is a run of child strings."""
-    starts, stops, valid, off, child = _list_buffers(arr)
-    return (starts, stops, valid, off, *_string_buffers(child))
-
-
-def _as_strings(arr: pa.Array) -> pa.Array:
-    """Integers become their decimal text; string views become large strings."""
-    t = arr.type
-    if pa.types.is_integer(t):
-        return pc.cast(arr, pa.string())
-    if pa.types.is_string_view(t):
-        return pc.cast(arr, pa.large_string())
-    return arr
-
-
-def _child_strings(child: pa.Array) -> pa.Array:
-    """A list's child as a plain string/large_string array (dictionaries decoded)."""
-    t = child.type
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-        child = pc.cast(child, t) if not pa.types.is_null(t) else pa.nulls(len(child), pa.string())
-    if pa.types.is_null(t):
-        return pa.nulls(len(child), pa.string())
-    return _as_strings(child)
-
-
-def _list_buffers(arr: pa.Array):
-    """``(starts, stops, valid, valid_off, child)``: row ``i`` is ``child[starts[i]:stops[i]]``.
-
-    Zero-copy for list and large_list; list views and fixed-size lists compute
-    their stops (one int per row) rather than trusting a cast to list, which
-    mishandles sliced list views in some pyarrow releases.
-    """
-    t, n, off = arr.type, len(arr), arr.offset
-    bufs = arr.buffers()
-    if pa.types.is_fixed_size_list(t):
-        starts = (np.arange(off, off + n, dtype=np.int64)) * t.list_size
-        stops = starts + t.list_size
-    else:
-        otype = np.int64 if (pa.types.is_large_list(t) or pa.types.is_large_list_view(t)) else np.int32
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            offsets = np.frombuffer(bufs[1], dtype=otype)[off : off + n + 1]
-            starts, stops = offsets[:-1], offsets[1:]
-        else:
-            starts = np.frombuffer(bufs[1], dtype=otype)[off : off + n]
-            stops = starts + np.frombuffer(bufs[2], dtype=otype)[off : off + n]
-    valid, voff = _bits(arr)
-    return _readonly(starts), _readonly(stops), valid, voff, _child_strings(arr.values)
-
-
-def _spec(field: Field) -> tuple:
-    kind = _KIND_CODE[field.kind]
-    if kind == cpu.DELIMITED and len(field.sep.encode("utf-8")) > 1:
-        kind = cpu.DELIMITED_SEQ
-    return (
-        kind,
-        field.max_len,
-        int(field.truncate == "tail"),
-        int(field.pad == "left"),
-        int(field.lower),
-        int(field.strip),
-        int(field.on_invalid_utf8 == "replace"),
-    )
-
-
-def _replacing(spec: tuple) -> tuple:
-    return (*spec[:-1], 1)
-
-
-def _sep(field: Field) -> np.ndarray:
-    return np.frombuffer(field.sep.encode("utf-8"), dtype=np.uint8)
-
-
 # ---------------------------------------------------------------- invalid UTF-8
-class InvalidUTF8Error(ValueError):
+class InvalidUTF8Error(DscoreError, ValueError):
     """A string column holds invalid UTF-8 and its field says ``on_invalid_utf8: fail``.
 
     ``row`` counts from the first row of the table given to ``encode_table``.
@@ -236,12 +128,12 @@ def _row_strings(arr: pa.Array, row: int) -> list[bytes]:
     """The raw bytes of the strings of row ``row`` (a cell, or a list's elements), as
     the kernels see them. Error messages only: this is slow."""
     if pa.types.is_dictionary(arr.type):
-        return _row_strings(_as_strings(arr.dictionary), arr.indices[row].as_py())
-    if _is_list(arr.type):
-        starts, stops, _, _, child = _list_buffers(arr)
+        return _row_strings(as_strings(arr.dictionary), arr.indices[row].as_py())
+    if is_list(arr.type):
+        starts, stops, _, _, child = list_buffers(arr)
         strings = child.slice(starts[row], stops[row] - starts[row])
     else:
-        strings = _as_strings(arr).slice(row, 1)
+        strings = as_strings(arr).slice(row, 1)
     binary = pa.large_binary() if pa.types.is_large_string(strings.type) else pa.binary()
     return [b for b in strings.view(binary).to_pylist() if b is not None]
 
@@ -254,7 +146,7 @@ def _utf8_error(field: Field, arr: pa.Array, row: int, table_row: int) -> Invali
         try:
             b.decode("utf-8")
         except UnicodeDecodeError as e:
-            where = f"list element {i}, " if _is_list(arr.type) else ""
+            where = f"list element {i}, " if is_list(arr.type) else ""
             detail = f"{where}byte {e.start}: {e.reason} {b[e.start : e.end]!r}"
             break
     return InvalidUTF8Error(field.name, field.column, table_row, detail)
@@ -263,7 +155,7 @@ def _utf8_error(field: Field, arr: pa.Array, row: int, table_row: int) -> Invali
 def _dictionary_invalid_row(arr: pa.DictionaryArray) -> int:
     """First row of ``arr`` whose dictionary entry is invalid UTF-8, or -1 when only
     entries that no row uses are (a slice shares its parent's whole dictionary)."""
-    entries = _as_strings(arr.dictionary)
+    entries = as_strings(arr.dictionary)
     binary = pa.large_binary() if pa.types.is_large_string(entries.type) else pa.binary()
     invalid = np.array([b is not None and not _decodes(b) for b in entries.view(binary).to_pylist()] + [False])
     codes = arr.indices.fill_null(len(entries)).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -280,48 +172,53 @@ def _decodes(b: bytes) -> bool:
 
 
 # ---------------------------------------------------------------- encode
-def _encode_array(arr, field, buckets, lk, uni, out, counts) -> int:
-    """Encode the chunk ``arr`` into ``out``; return its first row that holds invalid
-    UTF-8 where the field fails on it (``out`` is then incomplete), else -1."""
-    t = arr.type
-    if pa.types.is_null(t):
-        out[:] = cpu.PAD
-        return -1
-    spec = _spec(field)
+def _encode_array(arr, field, buckets, lk, uni, out, counts, device) -> int:
+    """Encode the chunk ``arr`` into ``out`` with ``device``'s kernels (``_CPU`` or
+    ``dscore.encoding_cuda``); return its first row that holds invalid UTF-8 where the
+    field fails on it (``out`` is then incomplete), else -1."""
+    spec, sep = KernelSpec.of(field), separator(field)
     bad = np.full(1, -1, dtype=np.int64)
-    if pa.types.is_dictionary(t):
-        dictionary = _as_strings(arr.dictionary)
-        dict_out = np.empty((len(dictionary), field.max_len), dtype=np.int32)
-        dict_tokens = np.zeros(len(dictionary), dtype=np.int64)
-        scratch_counts = np.zeros(4, dtype=np.int64)
-        if pa.types.is_null(dictionary.type):
-            dictionary = pa.array([None] * len(dictionary), pa.string())
-        args = (*_cell_rows(dictionary), spec, _sep(field), buckets, lk, uni, dict_out, dict_tokens, scratch_counts)
-        cpu.ENCODE_ROWS[spec[0]](*args, bad)
-        if bad[0] >= 0:
-            row = _dictionary_invalid_row(arr)
-            if row >= 0:
-                return row
-            # only unused entries are invalid: what they encode to is never read
-            cpu.ENCODE_ROWS[spec[0]](*args[:8], _replacing(spec), *args[9:], bad)
-        indices = arr.indices
-        codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
-        codes = _readonly(codes[indices.offset : indices.offset + len(indices)])
-        valid, off = _bits(arr)
-        cpu.gather_rows(codes, valid, off, dict_out, dict_tokens, out, counts)
-        return -1
-    rows = _list_rows(arr) if _is_list(t) else _cell_rows(arr)
-    cpu.ENCODE_ROWS[spec[0]](*rows, spec, _sep(field), buckets, lk, uni, out, _NO_ROWS, counts, bad)
-    return int(bad[0])
+    if pa.types.is_null(arr.type):  # all padding, no tokens: what the kernels write for null cells
+        arr = pa.nulls(len(arr), pa.string())
+    if not pa.types.is_dictionary(arr.type):
+        device.encode_rows(row_buffers(arr), spec, sep, buckets, lk, uni, out, NO_ROWS, counts, bad)
+        return int(bad[0])
+    # A dictionary column: encode its entries, then gather them row by row.
+    entries = dictionary_strings(arr)
+    rows = row_buffers(entries)
+    dict_out = device.empty((len(entries), field.max_len), np.int32)
+    dict_tokens = device.empty(len(entries), np.int64)
+    entry_counts = np.zeros(4, dtype=np.int64)  # the rows' counts come from gather_rows
+    device.encode_rows(rows, spec, sep, buckets, lk, uni, dict_out, dict_tokens, entry_counts, bad)
+    if bad[0] >= 0:
+        row = _dictionary_invalid_row(arr)
+        if row >= 0:
+            return row
+        # only unused entries are invalid: what they encode to is never read
+        device.encode_rows(rows, spec.replacing(), sep, buckets, lk, uni, dict_out, dict_tokens, entry_counts, bad)
+    device.gather_rows(dictionary_codes(arr), *validity(arr), dict_out, dict_tokens, out, counts)
+    return -1
 
 
-def _output(buffers, field: Field, rows: int) -> np.ndarray:
-    if buffers is None:
-        return np.empty((rows, field.max_len), dtype=np.int32)
-    buf = buffers.get(field.name)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != field.max_len:
-        buf = buffers[field.name] = np.empty((rows, field.max_len), dtype=np.int32)
-    return buf[:rows]
+class _CPU:
+    """The CPU's kernels and output memory, as ``_encode_fields`` uses a device's."""
+
+    empty = staticmethod(np.empty)
+
+    @staticmethod
+    def output(buffers, field: Field, rows: int) -> np.ndarray:
+        if buffers is None:
+            return np.empty((rows, field.max_len), dtype=np.int32)
+        buf = buffers.get(field.name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != field.max_len:
+            buf = buffers[field.name] = np.empty((rows, field.max_len), dtype=np.int32)
+        return buf[:rows]
+
+    @staticmethod
+    def encode_rows(rows, spec: KernelSpec, sep, buckets, lk, uni, out, row_tokens, counts, bad) -> None:
+        cpu.ENCODE_ROWS[spec.kind](*rows, tuple(spec), sep, buckets, lk, uni, out, row_tokens, counts, bad)
+
+    gather_rows = staticmethod(cpu.gather_rows)
 
 
 def check_fields(fields: Sequence[Field]) -> None:
@@ -348,7 +245,7 @@ def _field_inputs(table: pa.Table, field: Field, vocab):
     col = _column(table, field)
     check_field_type(field, col.type)
     if field.buckets is not None:
-        return col, field.buckets, _EMPTY_LOOKUP
+        return col, field.buckets, EMPTY_LOOKUP
     if vocab is None:
         raise ValueError(f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None")
     return col, 0, vocab.lookup(field)
@@ -381,27 +278,27 @@ def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, de
     """
     table = _as_table(table)
     check_fields(fields)
-    if device != "cpu":
-        from . import encoding_cuda  # numba.cuda only when asked for
+    if device == "cpu":
+        return _encode_fields(table, fields, vocab, buffers, _CPU)
+    from . import encoding_cuda  # numba.cuda only when asked for
 
-        return encoding_cuda.encode_table(table, fields, vocab, buffers=buffers, device=device)
-    return _encode_fields(table, fields, vocab, buffers, _output, _encode_array)
+    with encoding_cuda.on(device):
+        return _encode_fields(table, fields, vocab, buffers, encoding_cuda)
 
 
-def _encode_fields(table: pa.Table, fields, vocab, buffers, output, encode_array):
-    """Each field's column, chunk by chunk, through ``encode_array`` into the matrix
-    ``output`` gives: ``(arrays, stats)``. One loop for both devices (the CUDA path
-    passes its own ``output`` and ``encode_array``)."""
+def _encode_fields(table: pa.Table, fields, vocab, buffers, device):
+    """Each field's column, chunk by chunk, through ``device``'s kernels into the matrix
+    ``device.output`` gives: ``(arrays, stats)``. One loop for both devices."""
     uni = unicode_tables()
     arrays: dict = {}
     stats: dict[str, FieldStats] = {}
     for field in fields:
         col, buckets, lk = _field_inputs(table, field, vocab)
-        out = output(buffers, field, table.num_rows)
+        out = device.output(buffers, field, table.num_rows)
         counts = np.zeros(4, dtype=np.int64)
         row = 0
         for chunk in col.chunks:
-            bad = encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts)
+            bad = _encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts, device)
             if bad >= 0:
                 raise _utf8_error(field, chunk, bad, row + bad)
             row += len(chunk)
@@ -439,9 +336,6 @@ def encode(table, fields: Sequence[Field], vocab=None) -> dict[str, np.ndarray]:
     return encode_table(table, fields, vocab)[0]
 
 
-_EMPTY_LOOKUP = (np.zeros((1, 2), dtype=np.uint64), np.zeros(0, dtype=np.uint8))
-
-
 # ---------------------------------------------------------------- device choice
 _auto_logged = False  # "auto" chose the CPU: said once per process
 
@@ -476,11 +370,11 @@ def resolve_encode_device(requested: str, model_device: str) -> str:
             _auto_logged = True
             log.info("encode_device auto: encoding on the CPU (the model is on %s)", model_device)
         return "cpu"
-    from .kernels import cuda as kc
+    from . import encoding_cuda
 
-    if kc.cuda_available():
+    if encoding_cuda.cuda_available():
         return model_device if on_gpu else "cuda"
-    reason = kc.unavailable_reason()
+    reason = encoding_cuda.unavailable_reason()
     if requested == "cuda":
         raise RuntimeError(
             f"encode_device is 'cuda' but numba.cuda finds no usable CUDA device on this worker ({reason}); "
@@ -505,7 +399,8 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
     """
     check_field_type(field, arr.type)
     uni = unicode_tables()
-    spec = _spec(field)
+    spec, sep = KernelSpec.of(field), separator(field)
+    tokenize_rows = cpu.TOKENIZE_ROWS[spec.kind]
     chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     keys, weights = [], []
     row0 = 0
@@ -518,17 +413,17 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
         if pa.types.is_dictionary(t):
             codes = chunk.indices.filter(chunk.is_valid()) if chunk.null_count else chunk.indices
             freq = np.bincount(codes.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary))
-            chunk = _as_strings(chunk.dictionary)
+            chunk = as_strings(chunk.dictionary)
             if pa.types.is_null(chunk.type):
                 continue
-        rows = _list_rows(chunk) if _is_list(chunk.type) else _cell_rows(chunk)
-        tok_offsets, tok_bytes, tok_rows, ntok, bad = cpu.tokenize_rows(*rows, spec, _sep(field), uni)
+        rows = row_buffers(chunk)
+        tok_offsets, tok_bytes, tok_rows, ntok, bad = tokenize_rows(*rows, tuple(spec), sep, uni)
         if bad >= 0:
             row = bad if freq is None else _dictionary_invalid_row(original)
             if row >= 0:
                 raise _utf8_error(field, original, row, row0 - len(original) + row)
             # only dictionary entries that no row uses are invalid: their weights are 0
-            res = cpu.tokenize_rows(*rows, _replacing(spec), _sep(field), uni)
+            res = tokenize_rows(*rows, tuple(spec.replacing()), sep, uni)
             tok_offsets, tok_bytes, tok_rows, ntok, _ = res
         tokens = pa.LargeStringArray.from_buffers(
             ntok, pa.py_buffer(tok_offsets[: ntok + 1]), pa.py_buffer(tok_bytes[: tok_offsets[ntok]])

@@ -155,7 +155,7 @@ class Runtime:
         self.vocabs.clear()
         self._local = threading.local()
         if self.gpu_encode:
-            from .kernels import cuda as kc
+            from . import encoding_cuda as kc
 
             kc.clear()
             self.gpu_encode = False

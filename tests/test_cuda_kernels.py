@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import dask.config
 import pyarrow as pa
 import pytest
 
 from dscore import Field
-from dscore.encoding import _EMPTY_LOOKUP, _cell_rows, _sep, _spec
-from dscore.kernels import cuda as kc
-from dscore.kernels.unicode import tables
+from dscore import encoding_cuda as gpu
+from dscore.encoding import encode_table
+from dscore.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def _run(args, **env):
 def test_gpu_tests_pass_on_the_simulator():
     proc, out = _run(
         ["-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider"],
-        NUMBA_ENABLE_CUDASIM="1", DSCORE_CUDA_THREADS="4", DSCORE_CUDA_BLOCKS="2",
+        NUMBA_ENABLE_CUDASIM="1", DASK_DSCORE__CUDA__THREADS_PER_BLOCK="4", DASK_DSCORE__CUDA__MAX_BLOCKS="2",
     )  # fmt: skip
     assert proc.returncode == 0, out
     assert " passed" in out and "skipped" not in out, out
@@ -46,21 +46,30 @@ def test_kernels_compile_for_the_device():
         pytest.skip(out.strip())
 
 
-@pytest.mark.skipif(kc.cuda_available(), reason="a CUDA device is present")
+@pytest.mark.skipif(gpu.cuda_available(), reason="a CUDA device is present")
 def test_no_device_is_a_clear_error():
-    field = Field("f", buckets=3)
-    args = (*_cell_rows(pa.array(["a"])), _spec(field), _sep(field), 3, _EMPTY_LOOKUP, tables())
+    table = pa.table({"f": ["a"]})
     with pytest.raises(
         RuntimeError, match=r"needs a CUDA device, and numba.cuda found none \(.+\).*encode_device: cpu"
     ):
-        kc.encode_rows_cuda(*args)
-    with pytest.raises(RuntimeError, match="encode_device: cpu"):
-        kc.gather_rows_cuda(np.zeros(1, np.int32), np.zeros(0, np.uint8), 0, None, None)
+        encode_table(table, [Field("f", buckets=3)], device="cuda")
 
 
-def test_launch_settings_from_the_environment():
-    assert kc._env_int({}, "DSCORE_CUDA_THREADS", 256, 1, 1024) == 256
-    assert kc._env_int({"DSCORE_CUDA_THREADS": "32"}, "DSCORE_CUDA_THREADS", 256, 1, 1024) == 32
-    for bad in ("0", "2048", "many"):
-        with pytest.raises(ValueError, match=rf"DSCORE_CUDA_THREADS='{bad}': expected an integer from 1 to 1024"):
-            kc._env_int({"DSCORE_CUDA_THREADS": bad}, "DSCORE_CUDA_THREADS", 256, 1, 1024)
+def test_launch_settings_from_the_config():
+    assert gpu.launch_geometry() == (256, 65535)
+    with dask.config.set({"dscore.cuda.threads-per-block": 32, "dscore.cuda.max-blocks": 4}):
+        assert gpu.launch_geometry() == (32, 4)
+    for bad in (0, 2048, "many", 1.5):
+        with (
+            dask.config.set({"dscore.cuda.threads-per-block": bad}),
+            pytest.raises(
+                SpecError,
+                match=r"dscore.cuda.threads-per-block is .*; expected an integer from 1 to 1024: .*"
+                "DASK_DSCORE__CUDA__THREADS_PER_BLOCK",
+            ),
+        ):
+            gpu.launch_geometry()
+    # what the simulator run above uses: dask's environment variables
+    env = dict(DASK_DSCORE__CUDA__THREADS_PER_BLOCK="4", DASK_DSCORE__CUDA__MAX_BLOCKS="2")
+    proc, out = _run(["-c", "from dscore.encoding_cuda import launch_geometry; print(launch_geometry())"], **env)
+    assert proc.returncode == 0 and out.strip().endswith("(4, 2)"), out

@@ -23,7 +23,7 @@ from .test_spec import JOB
 
 
 def _numba_cuda_usable() -> bool:
-    from dscore.kernels import cuda as kc
+    from dscore import encoding_cuda as kc
 
     return kc.cuda_available()
 
@@ -140,8 +140,8 @@ def test_a_cuda_task_on_a_worker_without_a_gpu_fails_clearly(demo, tmp_path):
 
 # ---------------------------------------------------------------- teardown
 def test_teardown_frees_the_gpu_encoder_only_when_used(monkeypatch):
+    from dscore import encoding_cuda as kc
     from dscore import worker
-    from dscore.kernels import cuda as kc
 
     calls = []
     monkeypatch.setattr(kc, "clear", lambda: calls.append(1))

@@ -52,7 +52,7 @@ def test_gpu_check_gpu_steps_on_the_simulator(tmp_path):
         [sys.executable, "-m", "benchmarks.gpu_check", "--no-versions", "--rows", "300", "--workdir",
          str(tmp_path / "work"), "--json", str(json_path), *SMALL[:-2], "--sample", "100", "--encode-rows", "100",
          "--model-rows", "128"],
-        cwd=ROOT, env=_env(NUMBA_ENABLE_CUDASIM="1", DSCORE_CUDA_THREADS="32", DSCORE_CUDA_BLOCKS="4"),
+        cwd=ROOT, env=_env(NUMBA_ENABLE_CUDASIM="1", DASK_DSCORE__CUDA__THREADS_PER_BLOCK="32", DASK_DSCORE__CUDA__MAX_BLOCKS="4"),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     out = proc.stdout + proc.stderr

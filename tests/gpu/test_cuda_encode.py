@@ -2,13 +2,17 @@
 
 These run on a GPU, or on numba's simulator when NUMBA_ENABLE_CUDASIM=1 is set
 before numba is imported: tests/test_cuda_kernels.py runs this directory so, in
-a child process, with small launches (DSCORE_CUDA_THREADS, DSCORE_CUDA_BLOCKS) so
-that rows fall on block edges and threads loop over several rows.
+a child process, with small launches (``dscore.cuda.threads-per-block`` and
+``max-blocks`` through DASK_DSCORE__CUDA__... variables) so that rows fall on block
+edges and threads loop over several rows. The simulator runs each thread as Python,
+so there the property tests draw fewer examples (``EXAMPLES``); the pinned
+examples and edge cases run everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -17,18 +21,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dscore import Field
-from dscore.encoding import (
-    _EMPTY_LOOKUP,
-    _as_strings,
-    _bits,
-    _cell_rows,
-    _is_list,
-    _list_rows,
-    _sep,
-    _spec,
-    encode_table,
-)
-from dscore.kernels import cuda as kc
+from dscore import encoding_cuda as gpu
+from dscore.encoding import encode_table
+from dscore.kernel_args import EMPTY_LOOKUP, NO_ROWS, KernelSpec, row_buffers, separator
 from dscore.kernels.unicode import tables
 
 from .. import naive
@@ -45,7 +40,7 @@ from ..test_encode import (
 
 pytestmark = [
     pytest.mark.skipif(
-        not kc.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"
+        not gpu.cuda_available(), reason="needs a CUDA GPU; tests/test_cuda_kernels.py runs these on the simulator"
     ),
     # The simulator runs the uint64 hash arithmetic on numpy scalars, which warn when
     # they wrap; the device (and XXH64) wrap silently.
@@ -53,38 +48,15 @@ pytestmark = [
 ]
 
 
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+EXAMPLES = 12 if SIMULATED else 150  # per property test; a real GPU runs them all
+
+
 def encode_cuda(col: pa.ChunkedArray, field: Field, vocab):
-    """``encode_table`` for one field, through the CUDA kernels: ``(host array, counts)``.
-
-    The same steps as ``dscore.encoding._encode_array``, chunk by chunk into slices
-    of one device output.
-    """
-    from numba import cuda
-
-    buckets, lk = (field.buckets, _EMPTY_LOOKUP) if field.buckets is not None else (0, vocab.lookup(field))
-    spec, sep, uni = _spec(field), _sep(field), tables()
-    out = cuda.device_array((len(col), field.max_len), np.int32)
-    counts = np.zeros(4, dtype=np.int64)
-    row = 0
-    for chunk in col.chunks:
-        view = out[row : row + len(chunk)]
-        if pa.types.is_dictionary(chunk.type):
-            dictionary = _as_strings(chunk.dictionary)
-            dict_tokens = cuda.device_array(len(dictionary), np.int64)
-            dict_out, _ = kc.encode_rows_cuda(
-                *_cell_rows(dictionary), spec, sep, buckets, lk, uni, row_tokens=dict_tokens
-            )
-            indices = chunk.indices
-            codes = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())
-            codes = codes[indices.offset : indices.offset + len(indices)]
-            got, c = kc.gather_rows_cuda(codes, *_bits(chunk), dict_out, dict_tokens, out=view)
-        else:
-            rows = _list_rows(chunk) if _is_list(chunk.type) else _cell_rows(chunk)
-            got, c = kc.encode_rows_cuda(*rows, spec, sep, buckets, lk, uni, out=view)
-        assert got is view
-        counts += c
-        row += len(chunk)
-    return out.copy_to_host(), counts
+    """``encode_table(..., device="cuda")`` for one field: ``(host array, counts)``."""
+    arrays, stats = encode_table(pa.table({"f": col}), [field], vocab, device="cuda")
+    s = stats["f"]
+    return arrays["f"].copy_to_host(), np.array([s.tokens, s.kept, s.oov, s.truncated])
 
 
 def check(values, field, layout, seed):
@@ -102,7 +74,7 @@ def check(values, field, layout, seed):
     assert counts.tolist() == [s.tokens, s.kept, s.oov, s.truncated] == want_counts
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), field=fields())
 @example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
 def test_cuda_matches_cpu_and_naive(data, field):
@@ -154,27 +126,24 @@ def test_every_python_whitespace_and_case_rule():
 
 def test_tables_are_uploaded_once():
     lk = as_vocab({"a": 2}).lookup(Field("f"))
-    first = kc.device_tables(lk)
-    assert kc.device_tables(lk) is first
-    kc.clear()
-    assert kc.device_tables(lk) is not first
+    first = gpu.device_tables(lk)
+    assert gpu.device_tables(lk) is first
+    gpu.clear()
+    assert gpu.device_tables(lk) is not first
 
 
 def test_empty_input_and_bad_output():
     field = Field("f", max_len=3, buckets=5)
-    empty = pa.array([], pa.string())
-    out, counts = kc.encode_rows_cuda(*_cell_rows(empty), _spec(field), _sep(field), 5, _EMPTY_LOOKUP, tables())
-    assert out.shape == (0, 3) and counts.tolist() == [0, 0, 0, 0]
+    arrays, stats = encode_table(pa.table({"f": pa.array([], pa.string())}), [field], device="cuda")
+    assert arrays["f"].shape == (0, 3) and stats["f"].tokens == 0
     from numba import cuda
 
+    args = (row_buffers(pa.array(["a", "b"])), KernelSpec.of(field), separator(field), 5, EMPTY_LOOKUP, tables())
     with pytest.raises(ValueError, match=r"out must be an int32 device array of shape \(2, 3\); got int32 \(2, 2\)"):
-        kc.encode_rows_cuda(
-            *_cell_rows(pa.array(["a", "b"])), _spec(field), _sep(field), 5, _EMPTY_LOOKUP, tables(),
-            out=cuda.device_array((2, 2), np.int32),
-        )  # fmt: skip
+        gpu.encode_rows(*args, cuda.device_array((2, 2), np.int32), NO_ROWS, np.zeros(4, np.int64), np.zeros(1))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), field=fields(), replace=st.booleans())
 @example(data=None, field=Field("f", kind="delimited", max_len=2, truncate="tail", buckets=97), replace=True).via(
     "pinned: every class of invalid UTF-8"
@@ -196,5 +165,5 @@ def test_invalid_utf8_beyond_unicode_reads_as_replacement_characters():
     raw = b"\xf5\x80\x80\x80A"
     arr = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, 5], np.int32)), pa.py_buffer(raw)])
     field = Field("f", kind="scalar", buckets=1000, on_invalid_utf8="replace")
-    out, _ = kc.encode_rows_cuda(*_cell_rows(arr), _spec(field), _sep(field), 1000, _EMPTY_LOOKUP, tables())
-    assert out.copy_to_host().tolist() == [[2 + naive.xxh64(raw.decode("utf-8", "replace").lower().encode()) % 1000]]
+    out, _ = encode_cuda(pa.chunked_array([arr]), field, None)
+    assert out.tolist() == [[2 + naive.xxh64(raw.decode("utf-8", "replace").lower().encode()) % 1000]]

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dscore import Field, Vocabulary
+from dscore import encoding_cuda as kc
 from dscore.encoding import encode_table, resolve_encode_device
-from dscore.kernels import cuda as kc
 
 from .. import naive
 
