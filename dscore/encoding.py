@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .errors import DscoreError
+from .errors import DscoreError, JobError, SpecError
 from .kernel_args import (
     EMPTY_LOOKUP,
     NO_ROWS,
@@ -95,7 +95,7 @@ def check_field_type(field: Field, type: pa.DataType, where: str = "") -> None:
             return
         expected = "a string, dictionary<string> or integer column"
         hint = "; for a list column use kind: list" if is_list(type) else ""
-    raise TypeError(
+    raise SpecError(
         f"{where}field {field.name!r} (column {field.column!r}, kind {field.kind!r}) expects "
         f"{expected}; found {type}{hint}"
     )
@@ -235,7 +235,7 @@ def check_fields(fields: Sequence[Field]) -> None:
 def _column(table: pa.Table, field: Field) -> pa.ChunkedArray:
     names = table.schema.names
     if field.column not in names:
-        raise ValueError(f"field {field.name!r}: column {field.column!r} is not in the input; columns are {names}")
+        raise SpecError(f"field {field.name!r}: column {field.column!r} is not in the input; columns are {names}")
     col = table.column(field.column)
     return col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
 
@@ -247,7 +247,7 @@ def _field_inputs(table: pa.Table, field: Field, vocab):
     if field.buckets is not None:
         return col, field.buckets, EMPTY_LOOKUP
     if vocab is None:
-        raise ValueError(f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None")
+        raise SpecError(f"field {field.name!r} needs a vocabulary (or buckets=N for hashing mode); got vocab=None")
     return col, 0, vocab.lookup(field)
 
 
@@ -362,7 +362,7 @@ def resolve_encode_device(requested: str, model_device: str) -> str:
     """
     global _auto_logged
     if requested not in ENCODE_DEVICES:
-        raise ValueError(f"encode_device is {requested!r}; expected one of {', '.join(ENCODE_DEVICES)}")
+        raise SpecError(f"encode_device is {requested!r}; expected one of {', '.join(ENCODE_DEVICES)}")
     model_device = str(model_device)
     on_gpu = model_device.startswith("cuda")
     if requested == "cpu" or (requested == "auto" and not on_gpu):
@@ -376,7 +376,7 @@ def resolve_encode_device(requested: str, model_device: str) -> str:
         return model_device if on_gpu else "cuda"
     reason = encoding_cuda.unavailable_reason()
     if requested == "cuda":
-        raise RuntimeError(
+        raise JobError(
             f"encode_device is 'cuda' but numba.cuda finds no usable CUDA device on this worker ({reason}); "
             "set encode_device: cpu (or auto, which encodes on the GPU only where it can)"
         )

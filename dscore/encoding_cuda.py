@@ -29,7 +29,7 @@ import numpy as np
 from numba import cuda
 
 from . import config
-from .errors import SpecError
+from .errors import JobError, SpecError
 from .kernel_args import KernelSpec
 from .kernels import cuda as kc
 from .kernels.walk import LIST
@@ -52,10 +52,10 @@ def unavailable_reason() -> str:
 
 
 def require_device() -> None:
-    """Raise ``RuntimeError`` saying why when numba.cuda cannot run kernels here."""
+    """Raise ``JobError`` saying why when numba.cuda cannot run kernels here."""
     if cuda.is_available():
         return
-    raise RuntimeError(
+    raise JobError(
         f"encoding on the GPU needs a CUDA device, and numba.cuda found none ({unavailable_reason()}). "
         "Install the NVIDIA driver (and numba-cuda) where the workers run, or set encode_device: cpu"
     )

@@ -105,7 +105,7 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
             if rows == 0:  # this file's own schema: inputs may differ from the first file's
                 try:
                     check_schema(table.schema, task.fields, task.id_columns)
-                except (SpecError, TypeError) as e:
+                except SpecError as e:
                     raise io.InputError(piece.url, _rgs(piece), None, str(e)) from e
                 if task.id_types is not None:  # planning saw the footer; this is what gets written
                     task.id_types.check(piece.url, {f.name: f.type for f in table.schema}, _rgs(piece))
@@ -128,7 +128,7 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
             relieve_memory()
             start = time.perf_counter()
         if piece.rows is not None and rows != piece.rows:  # before the part is committed
-            raise RuntimeError(f"{piece.describe()}: read {rows} rows, its metadata says {piece.rows}")
+            raise io.InputError(piece.url, _rgs(piece), None, f"read {rows} rows, its metadata says {piece.rows}")
 
     out = Output(output_url, task.storage_options)
     record = {

@@ -18,7 +18,7 @@ from .model import Model
 from .model import fingerprint as model_fingerprint
 from .pipeline import score_table
 from .plan import TaskSpec
-from .spec import ENCODE_DEVICES, ModelSpec
+from .spec import ENCODE_DEVICES, ModelSpec, SpecError
 
 
 class Scorer:
@@ -54,7 +54,7 @@ class Scorer:
         fields = tuple(fields)
         check_fields(fields)
         if encode_device not in ENCODE_DEVICES:
-            raise ValueError(f"encode_device is {encode_device!r}; expected one of {', '.join(ENCODE_DEVICES)}")
+            raise SpecError(f"encode_device is {encode_device!r}; expected one of {', '.join(ENCODE_DEVICES)}")
         so = dict(storage_options or {})
         spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
         if isinstance(model, ModelSpec) and model_options:
@@ -66,7 +66,7 @@ class Scorer:
         needs_tables = any(f.buckets is None for f in fields)
         loaded = Vocabulary.load(vocab, fields=fields, storage_options=so) if (vocab and needs_tables) else None
         if needs_tables and loaded is None:
-            raise ValueError("fields without buckets need a vocab directory of mapping tables")
+            raise SpecError("fields without buckets need a vocab directory of mapping tables")
         self.task = TaskSpec(
             fields=fields,
             model=spec,
@@ -96,7 +96,7 @@ class Scorer:
 
         missing = [c for c in self.task.columns if c not in ddf.columns]
         if missing:
-            raise ValueError(f"column {missing[0]!r} is not in the dask DataFrame; columns are {list(ddf.columns)}")
+            raise SpecError(f"column {missing[0]!r} is not in the dask DataFrame; columns are {list(ddf.columns)}")
         meta = pd.DataFrame(
             {
                 **{c: ddf._meta[c] for c in self.task.id_columns},

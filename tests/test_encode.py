@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dscore import Field, Vocabulary, encode
 from dscore.encoding import encode_table, tokenize
+from dscore.errors import SpecError
 
 from . import naive
 
@@ -239,7 +240,7 @@ def test_pandas_input():
     ],
 )
 def test_wrong_column_type(kind, arr, match):
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(SpecError, match=match):
         encode(pa.table({"c": arr}), [Field("f", column="c", kind=kind)], as_vocab({"a": 2}))
 
 

@@ -167,7 +167,7 @@ def test_scorer_without_distributed(demo):
         ),
         (
             {"fields": [{"name": "apps", "kind": "list"}]},
-            TypeError,
+            SpecError,
             r"part-0.parquet: field 'apps' \(column 'apps', kind 'list'\) expects a list .* found string",
         ),
         ({"fields": [{"name": "nope", "column": "apps"}]}, FileNotFoundError, r"has no table for field 'nope'"),

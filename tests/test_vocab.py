@@ -209,7 +209,7 @@ def test_fit_bad_source(tmp_path, data_dir):
         Vocabulary.fit(str(tmp_path / "nothing-*.parquet"), FIELDS)
     with pytest.raises(SpecError, match=r"field 'x': column 'missing' is not in .*part-0.parquet"):
         Vocabulary.fit(str(data_dir), [Field("x", column="missing")])
-    with pytest.raises(TypeError, match=r"part-0.parquet: field 'camps' \(column 'camps', kind 'delimited'\)"):
+    with pytest.raises(SpecError, match=r"part-0.parquet: field 'camps' \(column 'camps', kind 'delimited'\)"):
         Vocabulary.fit(str(data_dir), [Field("camps")])
     with pytest.raises(ValueError, match="min_count must be a positive integer"):
         Vocabulary.fit(str(data_dir), FIELDS, min_count=0)

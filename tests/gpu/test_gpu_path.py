@@ -25,6 +25,7 @@ import pytest
 from dscore import Field, Vocabulary
 from dscore import encoding_cuda as kc
 from dscore.encoding import encode_table, resolve_encode_device
+from dscore.errors import SpecError
 
 from .. import naive
 
@@ -130,7 +131,7 @@ def test_device_errors_are_the_cpu_paths():
     table = pa.table({"f": pa.array(["a"])})
     with pytest.raises(ValueError, match="field 'f' needs a vocabulary"):
         encode_table(table, [Field("f")], None, device="cuda")
-    with pytest.raises(TypeError, match="expects a list of strings"):
+    with pytest.raises(SpecError, match="expects a list of strings"):
         encode_table(table, [Field("f", kind="list", buckets=3)], None, device="cuda")
 
 
