@@ -103,3 +103,18 @@ def page_faults_per_call(calls: int = 50) -> float:
         for _ in range(calls):
             (emb(ids) * 2.0).sum(1)
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def demo_arrays(demo, rows: int = 1500) -> dict:
+    """The demo's first ``rows`` rows, encoded: the model tests' inputs."""
+    from dscore import encode
+
+    return encode(pq.read_table(demo["root"] / "part-0.parquet").slice(0, rows), FIELDS, demo["vocab"])
+
+
+def eager_scores(demo, arrays) -> np.ndarray:
+    """The demo's eager model on ``arrays``: the reference every engine is compared with."""
+    import torch
+
+    with torch.inference_mode():
+        return demo["eager"](*(torch.from_numpy(arrays[f.name]).long() for f in FIELDS)).numpy()

@@ -10,20 +10,12 @@ from dscore import ModelSpec
 from dscore.demo import FIELDS
 from dscore.model import Model, ModelError, resolve_device
 
+from .helpers import demo_arrays, eager_scores
+
 
 @pytest.fixture(scope="module")
 def arrays(demo):
-    import pyarrow.parquet as pq
-
-    from dscore import encode
-
-    table = pq.read_table(demo["root"] / "part-0.parquet").slice(0, 1500)
-    return encode(table, FIELDS, demo["vocab"])
-
-
-def eager(demo, arrays):
-    with torch.inference_mode():
-        return demo["eager"](*(torch.from_numpy(arrays[f.name]).long() for f in FIELDS)).numpy()
+    return demo_arrays(demo)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +36,7 @@ def test_formats_match_eager(demo, arrays, options):
     assert model.output_names == ["score"] and model.device == "cpu"
     got = model.predict(arrays)
     assert got.shape == (1500, 1) and got.dtype == np.float32
-    np.testing.assert_allclose(got[:, 0], eager(demo, arrays), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got[:, 0], eager_scores(demo, arrays), atol=1e-6, rtol=0)
 
 
 class Named(torch.nn.Module):
@@ -74,7 +66,7 @@ def test_pickled_module_needs_trust(tmp_path, demo, arrays):
     with pytest.raises(ModelError, match=r"pickled.pt is a pickled model .* set model.trust_model: true"):
         Model.load(ModelSpec(str(path)), FIELDS)
     trusted = Model.load(ModelSpec(str(path), trust_model=True), FIELDS)
-    np.testing.assert_allclose(trusted.predict(arrays)[:, 0], eager(demo, arrays), atol=1e-6)
+    np.testing.assert_allclose(trusted.predict(arrays)[:, 0], eager_scores(demo, arrays), atol=1e-6)
 
 
 class BadShape(torch.nn.Module):

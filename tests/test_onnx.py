@@ -9,19 +9,18 @@ import sys
 
 import numpy as np
 import onnx
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 from onnx import TensorProto, helper
 
-from dscore import ModelSpec, config, encode
+from dscore import ModelSpec, config
 from dscore import optimize as opt
 from dscore.demo import FIELDS
 from dscore.model import Model, ModelError
 from dscore.onnx_model import OnnxModule, _providers, export
 
-from .helpers import captured_logs, check_exactly_once
+from .helpers import captured_logs, check_exactly_once, demo_arrays, eager_scores
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +31,7 @@ def onnx_path(demo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def arrays(demo):
-    table = pq.read_table(demo["root"] / "part-0.parquet").slice(0, 1500)
-    return encode(table, FIELDS, demo["vocab"])
-
-
-def eager(demo, arrays):
-    with torch.inference_mode():
-        return demo["eager"](*(torch.from_numpy(arrays[f.name]).long() for f in FIELDS)).numpy()
+    return demo_arrays(demo)
 
 
 @pytest.mark.parametrize("call", ["positional", "keyword"])
@@ -47,7 +40,7 @@ def test_onnx_scores_as_eager_and_torchscript(demo, arrays, onnx_path, call):
     assert isinstance(model.module, OnnxModule) and model.output_names == ["score"]
     got = model.predict(arrays)
     assert got.shape == (1500, 1) and got.dtype == np.float32
-    assert np.abs(got[:, 0] - eager(demo, arrays)).max() <= 1e-6
+    assert np.abs(got[:, 0] - eager_scores(demo, arrays)).max() <= 1e-6
     script = Model.load(ModelSpec(str(demo["root"] / "model.pt"), batch_size=700), FIELDS).predict(arrays)
     assert np.abs(got - script).max() <= 1e-6
 
@@ -158,7 +151,7 @@ def test_optimize_modes_skip_onnx_and_batches_are_tuned(demo, arrays, onnx_path,
         assert not warned and "optimize_note" not in info
     else:
         assert opt.ONNX_NOTE in info["optimize_note"] and len(warned) == 1
-    assert np.abs(model.predict(arrays)[:, 0] - eager(demo, arrays)).max() <= 1e-6
+    assert np.abs(model.predict(arrays)[:, 0] - eager_scores(demo, arrays)).max() <= 1e-6
 
 
 @pytest.mark.cluster
