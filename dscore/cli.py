@@ -121,10 +121,26 @@ def main(verbose: int) -> None:
             "distributed.client",
         ):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # and in local workers: cluster.connect
+        logging.getLogger("tornado.application").addFilter(_sync_cancel_race)
     # The object-store clients' debug logs print request headers, access key ids
     # included: -vv is dscore's and distributed's debug output, not theirs.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+
+
+def _sync_cancel_race(record: logging.LogRecord) -> bool:
+    """Drop the traceback a Ctrl-C can make distributed's event loop log: ``utils.sync``
+    schedules ``cancel()``, which reads a ``future`` not yet assigned when the
+    interrupt came first (NameError). The job was interrupted either way, and dscore
+    says so in one line; ``-v`` shows it."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, NameError) or exc.__traceback__ is None:
+        return True
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return not (code.co_name == "cancel" and code.co_filename.endswith(os.path.join("distributed", "utils.py")))
 
 
 _SET = click.option(

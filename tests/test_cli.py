@@ -173,3 +173,29 @@ def test_verbose_shows_the_traceback_of_every_error(demo, tmp_path):
     assert "Traceback (most recent call last)" in r.stderr and "SpecError" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("dscore: error: ")
     assert "partition_rows: expected a positive integer, got 'many' (str)" in r.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_race_in_distributed_sync_is_not_shown_as_a_traceback():
+    """distributed.utils.sync's cancel() can read its future before it is assigned when
+    Ctrl-C comes first; the CLI drops that NameError from tornado's log (and only that)."""
+    import logging
+    import os
+
+    from dscore.cli import _sync_cancel_race
+
+    src = "def make():\n    future: object\n    def cancel():\n        return future\n    return cancel\n"
+
+    def record(filename):
+        scope = {}
+        exec(compile(src, filename, "exec"), scope)
+        try:
+            scope["make"]()()
+        except NameError as e:
+            return logging.LogRecord(
+                "tornado.application", logging.ERROR, filename, 1, "x", None, (NameError, e, e.__traceback__)
+            )
+        raise AssertionError("cancel() read an assigned future")
+
+    assert not _sync_cancel_race(record(os.path.join("site-packages", "distributed", "utils.py")))
+    assert _sync_cancel_race(record(os.path.join("dscore", "pipeline.py")))
+    assert _sync_cancel_race(logging.LogRecord("tornado.application", logging.ERROR, "f", 1, "x", None, None))
