@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -158,3 +159,20 @@ def test_list_of_wrong_length_names_row():
         numeric_matrix(arr, field)
     with pytest.raises(NumericSizeError, match=r"row 3 is a list of 3 numbers; expected 2"):
         naive.numeric(arr.to_pylist(), field)
+
+
+def test_numeric_fields_need_no_mapping_table(tmp_path):
+    import dask
+
+    from dscore import Vocabulary
+
+    pq.write_table(pa.table({"apps": ["a,b", "b"], "age": [1.0, None]}), tmp_path / "part-0.parquet")
+    fields = [Field("apps", max_len=2), Field("age", kind="numeric")]
+    with dask.config.set(scheduler="sync"):
+        vocab = Vocabulary.fit(str(tmp_path / "part-0.parquet"), fields)
+    vocab.save(str(tmp_path / "vocab"))
+    assert not (tmp_path / "vocab" / "age.parquet").exists()
+    loaded = Vocabulary.load(str(tmp_path / "vocab"), fields=fields)  # no table asked for age
+    arrays, stats = encode_table(pq.read_table(tmp_path / "part-0.parquet"), fields, loaded)
+    np.testing.assert_array_equal(arrays["age"], [[1.0], [0.0]])
+    assert stats["age"].filled == 1

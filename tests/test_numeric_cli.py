@@ -88,6 +88,13 @@ def test_wide_deep_numeric_job_matches_eager_model(tmp_path):
     # dscore verify's reference (the eager encoding through dscore's Model) agrees too
     verified = reference_scores(JobSpec.load(str(tmp_path / "job.yaml")), table)[:, 0]
     assert np.abs(verified - want).max() <= 1e-6
+    r = subprocess.run(
+        [sys.executable, "-m", "dscore.cli", "verify", str(tmp_path / "job.yaml"), "--sample", "400",
+         "--tolerance", "1e-6"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "DASK_LOGGING__DISTRIBUTED": "warning"},
+    )  # fmt: skip
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.cluster
