@@ -3,7 +3,9 @@
 Columns: ``device_name`` and ``device_model`` (one token each), ``apps`` (comma-
 separated package names, ~40 per row from a Zipf vocabulary of ~200k, with mixed
 case, stray spaces, empty and null cells and some never-seen tokens) and
-``campaigns`` (``list<string>``). Everything is vectorized through Arrow so that
+``campaigns`` (``list<string>``); optionally (``make_table(numeric=True)``) a
+numeric ``sessions_per_day`` (float64, with nulls and NaN) for ``NUMERIC_FIELD`` and
+the Wide & Deep-style ``WideDeepModel``. Everything is vectorized through Arrow so that
 millions of rows take seconds.
 """
 
@@ -148,6 +150,8 @@ FIELDS = (
     Field("apps", kind="delimited", sep=",", max_len=64),
     Field("campaigns", kind="list", max_len=16),
 )
+# The optional dense input: off by default, so the demo's data and model stay as they were.
+NUMERIC_FIELD = Field("sessions_per_day", kind="numeric", fill=-1.0)
 APPS = 200_000
 CAMPAIGNS = 5000
 _BRANDS = np.array(
@@ -190,9 +194,13 @@ def _campaigns(rng, rows, n=CAMPAIGNS):
 
 
 def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | None = None, *,
-               campaigns: int = CAMPAIGNS, devices: int = len(_BRANDS), app_words: int = 2) -> pa.Table:  # fmt: skip
+               campaigns: int = CAMPAIGNS, devices: int = len(_BRANDS), app_words: int = 2,
+               numeric: bool = False) -> pa.Table:  # fmt: skip
     """``rows`` rows of the demo dataset with a ``label`` that depends on the tokens:
     car-related apps and campaigns and premium devices raise the chance of 1.
+
+    ``numeric`` adds ``sessions_per_day`` (float64, ~5% null, ~2% NaN), drawn from its
+    own generator so the other columns are the same with or without it.
 
     ``campaigns`` and ``devices`` size the campaign and device-name vocabularies
     (``campaign_names``, ``device_names``); 5,000 device models; ``apps`` (default
@@ -210,7 +218,7 @@ def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | Non
     car_camp = np.bincount(np.repeat(np.arange(rows), camp_len)[camp_ids % 97 == 0], minlength=rows)
     logit = 1.2 * car + 1.5 * (car_camp > 0) + 0.8 * (brand < 3) - 2.0
     label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    return pa.table(
+    table = pa.table(
         {
             "user_id": pa.array(np.arange(first_id, first_id + rows, dtype=np.int64)),
             "device_name": device_name,
@@ -220,6 +228,12 @@ def make_table(rows: int, seed: int = 0, first_id: int = 0, apps: pa.Array | Non
             "label": label,
         }
     )
+    if numeric:
+        num = np.random.default_rng([seed, 7])
+        sessions = num.gamma(2.0, 3.0, rows)
+        sessions[num.random(rows) < 0.02] = np.nan
+        table = table.append_column("sessions_per_day", pa.array(sessions, mask=num.random(rows) < 0.05))
+    return table
 
 
 def generate(path: str, rows: int, *, files: int = 4, row_group_size: int = 65_536, seed: int = 0,
@@ -285,6 +299,36 @@ class DemoModel(torch.nn.Module):
             dim=1,
         )
         return torch.sigmoid(self.mlp(x)).squeeze(1)
+
+
+def _pool(emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    count = (ids != 0).sum(dim=1, keepdim=True).clamp(min=1).to(emb.dtype)
+    return emb.sum(dim=1) / count
+
+
+class WideDeepModel(torch.nn.Module):
+    """A ``DemoModel`` (``deep``) plus a wide linear term on the numeric
+    ``sessions_per_day``, summed before the sigmoid. Inputs: ``FIELDS`` then
+    ``NUMERIC_FIELD`` (float32 ``(B, 1)``); output (B,). Holds the deep part rather
+    than subclassing it: TorchScript does not script a subclass that changes forward."""
+
+    def __init__(self, vocab_sizes, dim: int = 32, hidden=(64, 32)):
+        super().__init__()
+        self.deep = DemoModel(vocab_sizes, dim, hidden)
+        self.wide = torch.nn.Linear(1, 1)
+
+    def forward(self, device_name, device_model, apps, campaigns, sessions_per_day):
+        d = self.deep
+        x = torch.cat(
+            [
+                _pool(d.device_name(device_name), device_name),
+                _pool(d.device_model(device_model), device_model),
+                _pool(d.apps(apps), apps),
+                _pool(d.campaigns(campaigns), campaigns),
+            ],
+            dim=1,
+        )
+        return torch.sigmoid(d.mlp(x) + self.wide(sessions_per_day)).squeeze(1)
 
 
 def build_model(vocab_sizes, dim: int = 32, hidden=(64, 32)) -> DemoModel:

@@ -34,6 +34,7 @@ from .kernel_args import (
 )
 from .kernels import cpu
 from .kernels.unicode import tables as unicode_tables
+from .numeric import NumericSizeError, check_numeric_type, numeric_matrix
 from .spec import ENCODE_DEVICES, Field
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class FieldStats:
 
     ``tokens`` are non-empty tokens before truncation, ``kept`` those written,
     ``oov`` kept tokens that mapped to index 1, ``truncated`` rows that had more
-    than ``max_len`` tokens.
+    than ``max_len`` tokens. ``filled``: values of a numeric field that were null or
+    NaN and took its ``fill`` (categorical fields leave it 0, numeric ones the rest).
     """
 
     rows: int = 0
@@ -53,16 +55,17 @@ class FieldStats:
     kept: int = 0
     oov: int = 0
     truncated: int = 0
+    filled: int = 0
 
     def add(self, other: FieldStats) -> FieldStats:
-        for k in ("rows", "tokens", "kept", "oov", "truncated"):
+        for k in ("rows", "tokens", "kept", "oov", "truncated", "filled"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         return self
 
     def summary(self) -> dict:
         rows = max(self.rows, 1)
         return {
-            **{k: getattr(self, k) for k in ("rows", "tokens", "kept", "oov", "truncated")},
+            **{k: getattr(self, k) for k in ("rows", "tokens", "kept", "oov", "truncated", "filled")},
             "oov_rate": self.oov / max(self.kept, 1),
             "truncation_rate": self.truncated / rows,
             "mean_tokens": self.tokens / rows,
@@ -82,7 +85,9 @@ def _is_token_type(t: pa.DataType) -> bool:
 
 
 def check_field_type(field: Field, type: pa.DataType, where: str = "") -> None:
-    """Raise ``TypeError`` when a column of Arrow ``type`` cannot feed ``field``."""
+    """Raise ``SpecError`` when a column of Arrow ``type`` cannot feed ``field``."""
+    if field.numeric:
+        return check_numeric_type(field, type, where)
     if pa.types.is_null(type):
         return
     if field.kind == "list":
@@ -262,7 +267,8 @@ def _as_table(table) -> pa.Table:
 def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, device: str = "cpu"):
     """Encode ``fields`` of ``table``; return ``(arrays, stats)``.
 
-    ``arrays[name]`` is a C-contiguous int32 array of shape ``(rows, max_len)``;
+    ``arrays[name]`` is a C-contiguous int32 array of shape ``(rows, max_len)``, or
+    for a ``numeric`` field a float32 numpy array ``(rows, size)`` (on either device);
     ``stats[name]`` a ``FieldStats``. See ``encode`` for the other parameters.
 
     ``buffers``, a dict kept by the caller, lets repeated calls reuse their output
@@ -293,6 +299,10 @@ def _encode_fields(table: pa.Table, fields, vocab, buffers, device):
     arrays: dict = {}
     stats: dict[str, FieldStats] = {}
     for field in fields:
+        if field.numeric:  # no kernel: numpy on the host, on either device (the model copies it)
+            arrays[field.name], filled = numeric_matrix(_column(table, field), field)
+            stats[field.name] = FieldStats(table.num_rows, filled=filled)
+            continue
         col, buckets, lk = _field_inputs(table, field, vocab)
         out = device.output(buffers, field, table.num_rows)
         counts = np.zeros(4, dtype=np.int64)
@@ -441,6 +451,6 @@ def tokenize(arr: pa.Array | pa.ChunkedArray, field: Field):
 
 
 __all__ = [
-    "FieldStats", "InvalidUTF8Error", "check_field_type", "check_fields", "encode", "encode_table",
+    "FieldStats", "InvalidUTF8Error", "NumericSizeError", "check_field_type", "check_fields", "encode", "encode_table",
     "resolve_encode_device", "tokenize",
 ]  # fmt: skip

@@ -205,7 +205,8 @@ class Model:
     def __init__(self, module, fields, spec: ModelSpec, device: str):
         self.module = module
         self.field_names = [f.name for f in fields]
-        self.max_lens = {f.name: f.max_len for f in fields}
+        self.max_lens = {f.name: f.width for f in fields}  # a numeric field's width is its size
+        self.numeric = {f.name for f in fields if f.numeric}
         self.spec = spec
         self.device = device
         # Until dscore.optimize.prepare tunes it on real rows ("auto").
@@ -242,7 +243,7 @@ class Model:
         a second row holds those indices, so that a mapping table bigger than the
         model's embedding fails here, named, rather than mid-job.
         """
-        arrays = {n: np.full((1, self.max_lens[n]), PROBE_INDEX, dtype=np.int32) for n in self.field_names}
+        arrays = {n: self._probe_row(n, PROBE_INDEX) for n in self.field_names}
         try:
             out = self._forward(arrays)
         except ModelError:
@@ -255,13 +256,12 @@ class Model:
             )
             raise ModelError(
                 f"model {self.spec.path!r} fails on a one-row probe batch called as {how} "
-                f"(int64 tensors of shape (1, max_len)): {type(e).__name__}: {e}. Check the fields' order, "
-                "their max_len, and model.call (positional or keyword)"
+                f"(int64 tensors of shape (1, max_len), float32 (1, size) for numeric fields): "
+                f"{type(e).__name__}: {e}. Check the fields' order, their max_len and size, and model.call "
+                "(positional or keyword)"
             ) from e
         if largest:
-            top = {
-                n: np.full((1, self.max_lens[n]), largest.get(n, PROBE_INDEX), dtype=np.int32) for n in self.field_names
-            }
+            top = {n: self._probe_row(n, largest.get(n, PROBE_INDEX)) for n in self.field_names}
             try:
                 self._forward(top)
             except Exception as e:
@@ -280,6 +280,18 @@ class Model:
                 f"{len(self.output_names)}: {self.output_names}"
             )
 
+    def _probe_row(self, name: str, index: int) -> np.ndarray:
+        """One probe row of field ``name``: ``index`` everywhere, or float32 zeros if numeric."""
+        if name in self.numeric:
+            return np.zeros((1, self.max_lens[name]), dtype=np.float32)
+        return np.full((1, self.max_lens[name]), index, dtype=np.int32)
+
+    def _dtypes(self):
+        """Per field in order, the dtype the model gets: int64 indices, float32 numbers."""
+        import torch
+
+        return [torch.float32 if n in self.numeric else torch.int64 for n in self.field_names]
+
     def _autocast(self):
         import torch
 
@@ -292,7 +304,7 @@ class Model:
         return as_tensor(a, self.device)
 
     def _forward_tensors(self, tensors):
-        """The model on int64 tensors (on ``self.device``): float32 scores (rows, k) there."""
+        """The model on its tensors (on ``self.device``): float32 scores (rows, k) there."""
         import torch
 
         rows = tensors[0].shape[0]
@@ -309,14 +321,13 @@ class Model:
         return y.float()
 
     def _forward(self, arrays: dict) -> np.ndarray:
-        import torch
 
-        tensors = [self._tensor(arrays[n]).to(self.device, torch.int64) for n in self.field_names]
+        tensors = [self._tensor(arrays[n]).to(self.device, d) for n, d in zip(self.field_names, self._dtypes())]
         return self._forward_tensors(tensors).cpu().numpy()
 
     def predict(self, arrays: dict, batch_size: int | None = None) -> np.ndarray:
         """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len), numpy or
-        CUDA), as float32 (rows, k) numpy. On a GPU, micro-batches are queued on this
+        CUDA; float32 (rows, size) for a numeric field), as float32 (rows, k) numpy. On a GPU, micro-batches are queued on this
         thread's CUDA stream without a synchronisation: the one copy of the scores to
         the host at the end waits for them."""
         import torch
@@ -324,13 +335,14 @@ class Model:
         on_gpu = str(self.device).startswith("cuda")
         with torch.cuda.stream(thread_stream(self.device)) if on_gpu else contextlib.nullcontext():
             inputs = [self._tensor(arrays[n]) for n in self.field_names]
+            dtypes = self._dtypes()
             rows = inputs[0].shape[0]
             bs = batch_size or self.batch_size
             out = None
             for start in range(0, rows, bs):
                 stop = min(rows, start + bs)
                 n = stop - start
-                batch = [t[start:stop].to(self.device, torch.int64, non_blocking=True) for t in inputs]
+                batch = [t[start:stop].to(self.device, d, non_blocking=True) for t, d in zip(inputs, dtypes)]
                 # A compiled model has one static shape: pad to bs. Otherwise pad a short
                 # last batch to a multiple of PAD_ROWS: CPU GEMM kernels differ in the last
                 # ulp between a row block and its remainder, and with every batch a whole

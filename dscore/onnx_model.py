@@ -200,14 +200,16 @@ class OnnxModule:
 
 def export(module, path: str, fields, *, output: str = "score") -> str:
     """Export a torch module that takes dscore's inputs (one int64 (B, max_len) tensor
-    per field, in ``fields`` order) to ONNX at ``path``: inputs named after the fields,
+    per field, float32 (B, size) for a numeric one, in ``fields`` order) to ONNX at ``path``: inputs named after the fields,
     the batch dimension dynamic, the weights inside the one file (which dscore
     fingerprints). Puts ``module`` in eval mode. Needs ``onnx`` and ``onnxscript``
     (``dscore[onnx]``)."""
     import torch
 
     module.eval()
-    example = tuple(torch.ones((2, f.max_len), dtype=torch.int64) for f in fields)
+    example = tuple(
+        torch.zeros((2, f.size)) if f.numeric else torch.ones((2, f.max_len), dtype=torch.int64) for f in fields
+    )
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(
         module,

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from . import config, io
 from .cluster import announce_cluster, check_resources, connect, register, warm
-from .encoding import FieldStats, InvalidUTF8Error, encode_table
+from .encoding import FieldStats, InvalidUTF8Error, NumericSizeError, encode_table
 from .errors import JobError
 from .lease import Lease
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, Output
@@ -112,7 +112,7 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
             seconds["read"] += time.perf_counter() - start
             try:
                 scored = _score_table(table, task, runtime())
-            except InvalidUTF8Error as e:
+            except (InvalidUTF8Error, NumericSizeError) as e:  # a bad row: named in the file
                 row = f"row {rows + e.row}"
                 if piece.format == "parquet":  # rows count from the piece's first row group
                     row += f" of row groups {piece.rg_start}-{piece.rg_stop - 1}"

@@ -61,9 +61,18 @@ def input_columns(fields, id_columns) -> list[str]:
     return list(dict.fromkeys([*id_columns, *(f.column for f in fields)]))
 
 
+def _field_key(f: Field) -> dict:
+    # size and fill came with kind: numeric; left out of categorical fields so that
+    # outputs written before them still resume.
+    d = f.to_dict()
+    if not f.numeric:
+        del d["size"], d["fill"]
+    return d
+
+
 def _fields_digest(fields, id_columns, outputs) -> str:
     payload = json.dumps(
-        {"fields": [f.to_dict() for f in fields], "id_columns": list(id_columns), "outputs": list(outputs)},
+        {"fields": [_field_key(f) for f in fields], "id_columns": list(id_columns), "outputs": list(outputs)},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -238,6 +247,8 @@ def largest_indices(fields, vocab) -> dict:
 
     out = {}
     for f in fields:
+        if f.numeric:
+            continue
         if f.buckets is not None:
             out[f.name] = f.buckets + 1
         elif vocab is not None and vocab[f.name].num_rows:

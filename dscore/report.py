@@ -87,7 +87,7 @@ class Report:
             rows_scored=rows_scored,
             rows_per_second=rows_scored / wall if wall > 0 else 0.0,
             stages=stages,
-            fields={n: s.summary() for n, s in stats.items()},
+            fields={f.name: {"kind": f.kind, **stats[f.name].summary()} for f in spec.fields},
             model={
                 "path": spec.model.path,
                 "fingerprint": plan.task.model_fp,
@@ -137,6 +137,10 @@ class Report:
             )
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
         for name, s in self.fields.items():
+            if s.get("kind") == "numeric":  # no tokens: what matters is how much was missing
+                values = s["filled"] / max(s["rows"], 1)
+                lines.append(f"  {name:<16} numeric: {s['filled']:,} values null or NaN, filled ({values:.2f} per row)")
+                continue
             lines.append(f"  {name:<16}{s['oov_rate']:>10.2%}{s['truncation_rate']:>11.2%}{s['mean_tokens']:>12.1f}")
         if self.quarantined:
             lines.append(f"  QUARANTINED {len(self.quarantined)} partitions (see _quarantine.json); output is partial:")

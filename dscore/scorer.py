@@ -63,7 +63,7 @@ class Scorer:
             if vocab.source.startswith(("<", "fit(")):
                 raise TypeError("Scorer needs the vocabulary's directory: save it (vocab.save(path)) and pass the path")
             vocab = vocab.source
-        needs_tables = any(f.buckets is None for f in fields)
+        needs_tables = any(f.needs_table for f in fields)
         loaded = Vocabulary.load(vocab, fields=fields, storage_options=so) if (vocab and needs_tables) else None
         if needs_tables and loaded is None:
             raise SpecError("fields without buckets need a vocab directory of mapping tables")

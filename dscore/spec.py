@@ -15,7 +15,9 @@ from dataclasses import KW_ONLY, dataclass
 from . import config
 from .errors import SpecError
 
-KINDS = ("delimited", "list", "scalar")
+KINDS = ("delimited", "list", "scalar", "numeric")
+# Keys of the categorical kinds; a numeric field must leave them at their defaults.
+CATEGORICAL_KEYS = ("sep", "max_len", "truncate", "pad", "lower", "strip", "buckets")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
 TRUNCATE = ("head", "tail")
 PAD = ("right", "left")
@@ -39,11 +41,14 @@ class Field:
         ``<vocab>/<name>.parquet``.
     column : str, optional
         Input column; defaults to ``name``.
-    kind : {"delimited", "list", "scalar"}
+    kind : {"delimited", "list", "scalar", "numeric"}
         ``delimited``: a string cell of tokens separated by ``sep``; ``list``: an
         Arrow ``list<string>`` cell, one token per element; ``scalar``: the whole cell
         is one token. Integer columns (and lists of integers) work too: the token is
-        the integer's decimal text.
+        the integer's decimal text. ``numeric``: a dense input, not a token: an
+        integer or floating column, or a ``fixed_size_list`` of them (or a list whose
+        every row has ``size`` elements), fed to the model as float32 ``(rows, size)``.
+        It takes no vocabulary and none of the token keys (``sep``, ``max_len``, ...).
     sep : str
         Separator of ``delimited`` fields.
     max_len : int
@@ -66,6 +71,12 @@ class Field:
     buckets : int, optional
         Hashing mode: index ``2 + hash_token(key) % buckets`` instead of a
         vocabulary table.
+    size : int
+        ``numeric`` only: values per row, the width of its float32 ``(rows, size)``
+        input (default 1: one number per cell).
+    fill : float
+        ``numeric`` only: the value of a null cell, a null list element or a NaN
+        (default 0.0); the report counts the values filled.
 
     Encoding convention: 0 is padding, 1 is out of vocabulary, vocabulary tokens
     have indices from 2.
@@ -83,6 +94,8 @@ class Field:
     strip: bool = True
     on_invalid_utf8: str = "fail"
     buckets: int | None = None
+    size: int = 1
+    fill: float = 0.0
 
     def __post_init__(self):
         def bad(key, found, expected):
@@ -118,6 +131,41 @@ class Field:
                 bad("buckets", self.buckets, "a positive integer or null")
             if not 1 <= self.buckets <= MAX_BUCKETS:
                 bad("buckets", self.buckets, f"an integer from 1 to {MAX_BUCKETS}")
+        if not _is_int(self.size) or self.size < 1:
+            bad("size", self.size, "a positive integer")
+        if not isinstance(self.fill, (int, float)) or isinstance(self.fill, bool):
+            bad("fill", self.fill, "a number")
+        object.__setattr__(self, "fill", float(self.fill))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.kind == "numeric":
+            for key in CATEGORICAL_KEYS:
+                if getattr(self, key) != defaults[key]:
+                    raise SpecError(
+                        f"field {self.name!r}: {key} is {getattr(self, key)!r} but kind is 'numeric', which "
+                        f"takes no {key}; remove {key} (a numeric field's width is size)"
+                    )
+        else:
+            for key in ("size", "fill"):
+                if getattr(self, key) != defaults[key]:
+                    raise SpecError(
+                        f"field {self.name!r}: {key} is {getattr(self, key)!r} but kind is {self.kind!r}; "
+                        f"{key} is for kind: numeric only"
+                    )
+
+    @property
+    def numeric(self) -> bool:
+        """A dense float input (``kind: numeric``): no tokens, no vocabulary."""
+        return self.kind == "numeric"
+
+    @property
+    def needs_table(self) -> bool:
+        """Encoded through a mapping table: categorical and without ``buckets``."""
+        return self.buckets is None and not self.numeric
+
+    @property
+    def width(self) -> int:
+        """Columns of the field's model input: ``size`` if numeric, else ``max_len``."""
+        return self.size if self.numeric else self.max_len
 
     def normalize(self, token: str) -> str:
         """The key of ``token``: ``token.strip().lower()`` as this field configures it."""
@@ -521,8 +569,8 @@ class JobSpec:
         if self.lock_timeout is None:
             object.__setattr__(self, "lock_timeout", float(config.get("lease.timeout")))
         _validate(self, "")
-        if self.vocab is None and any(f.buckets is None for f in fields):
-            need = [f.name for f in fields if f.buckets is None]
+        if self.vocab is None and any(f.needs_table for f in fields):
+            need = [f.name for f in fields if f.needs_table]
             raise SpecError(f"missing required key 'vocab' (fields {need} use mapping tables)")
 
     @classmethod

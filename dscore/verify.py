@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -141,6 +142,30 @@ def reference_encode(values, field, mapping=None):
     return out, counts
 
 
+def reference_numeric(values, field):
+    """``(float32 (rows, size), filled)`` for the Python cell values of a numeric field:
+    each number is ``float(x)`` rounded to float32; a null cell, a null element or a NaN
+    is ``field.fill`` and counts in ``filled``."""
+    from .numeric import NumericSizeError
+
+    out = np.zeros((len(values), field.size), dtype=np.float32)
+    filled = 0
+    for i, v in enumerate(values):
+        row = [v] if v is None or not isinstance(v, list) else v
+        if v is None:
+            row = [None] * field.size
+        elif len(row) != field.size:
+            raise NumericSizeError(field.name, field.column, i, len(row), field.size)
+        for j, x in enumerate(row):
+            if x is None or math.isnan(float(x)):
+                out[i, j] = field.fill
+                filled += 1
+            else:
+                with np.errstate(over="ignore"):
+                    out[i, j] = float(x)
+    return out, filled
+
+
 def _raw_type(t: pa.DataType) -> pa.DataType:
     """``t`` with its strings as binary: the cells' raw bytes, which the reference decodes itself."""
     if pa.types.is_dictionary(t):
@@ -235,6 +260,9 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
     vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=job.storage_options) if job.vocab else None
     arrays = {}
     for f in job.fields:
+        if f.numeric:
+            arrays[f.name] = reference_numeric(reference_values(table.column(f.column)), f)[0]
+            continue
         mapping = None
         if f.buckets is None:
             t = vocab[f.name]

@@ -250,7 +250,7 @@ class Vocabulary:
                 if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
             )
         else:
-            names = [f.name for f in fields if f.buckets is None]
+            names = [f.name for f in fields if f.needs_table]
         tables = {}
         for name in names:
             target = posixpath.join(root, f"{name}.parquet")
@@ -303,7 +303,7 @@ class Vocabulary:
         import dask
 
         check_fields(fields)
-        fields = [f for f in fields if f.buckets is None]
+        fields = [f for f in fields if f.needs_table]
         if not fields:
             return cls({})
         if not (isinstance(min_count, int) and min_count >= 1):

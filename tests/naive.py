@@ -4,7 +4,7 @@ They live in ``dscore.verify`` (``dscore verify`` scores against them too) and
 share no code with the kernels.
 """
 
-from dscore.verify import OOV, PAD, reference_encode, reference_keys, xxh64
+from dscore.verify import OOV, PAD, reference_encode, reference_keys, reference_numeric, xxh64
 
 FIRST = 2
 keys = reference_keys
@@ -21,4 +21,9 @@ def encode(values, field, mapping=None):
     return reference_encode(values, field, mapping)
 
 
-__all__ = ["OOV", "PAD", "encode", "index", "keys", "xxh64"]
+def numeric(values, field):
+    """``(float32 (rows, size), filled)`` for a list of Python cell values of a numeric field."""
+    return reference_numeric(values, field)
+
+
+__all__ = ["OOV", "PAD", "encode", "index", "keys", "numeric", "xxh64"]

@@ -213,3 +213,30 @@ def test_planning_never_initialises_cuda(tiny_job):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, []]
+
+
+def test_numeric_field_on_the_gpu_path():
+    """A numeric field beside a categorical one with device="cuda": converted on the host
+    (numpy, the CPU path's values and counts), and the model gets float32 beside int64."""
+    import torch
+
+    from dscore.model import Model
+    from dscore.spec import ModelSpec
+
+    table = pa.table({"t": ["a", None, "b,c"], "x": pa.array([1.5, None, float("nan")])})
+    fields = [Field("t", buckets=7, max_len=2), Field("x", kind="numeric", fill=-2.0)]
+    arrays, stats = encode_table(table, fields, device="cuda")
+    cpu_arrays, cpu_stats = encode_table(table, fields)
+    assert isinstance(arrays["x"], np.ndarray) and arrays["x"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["x"], [[1.5], [-2.0], [-2.0]])
+    np.testing.assert_array_equal(arrays["t"].copy_to_host(), cpu_arrays["t"])
+    assert stats["x"].filled == cpu_stats["x"].filled == 2
+
+    class Wide(torch.nn.Module):
+        def forward(self, t, x):
+            assert t.dtype == torch.int64 and x.dtype == torch.float32
+            return t.sum(dim=1).float() + x[:, 0]
+
+    model = Model(Wide(), fields, ModelSpec(path="wide.pt"), "cuda" if torch.cuda.is_available() else "cpu")
+    model.probe()
+    np.testing.assert_array_equal(model.predict(arrays), model.predict(cpu_arrays))
