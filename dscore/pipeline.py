@@ -426,10 +426,9 @@ def _result(future, piece, spec, limits):
     except KilledWorker as e:
         limit = ", ".join(f"{m / 2**30:.2f} GiB" for m in sorted(x for x in limits if x)) or "none"
         deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
-        now = spec.partition_bytes if spec.partition_bytes is not None else config.get("partition-bytes")
         raise JobError(
             f"{piece.describe()}: the workers scoring it died {deaths} times, most likely out of memory "
-            f"(worker memory limit: {limit}). Lower partition_bytes (now {now}) or "
+            f"(worker memory limit: {limit}). Lower partition_bytes (now {spec.partition_bytes}) or "
             "partition_rows, or give workers more memory (memory_limit); a rerun resumes where this one stopped"
         ) from e
 

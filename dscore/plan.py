@@ -216,11 +216,11 @@ def plan_pieces(job: JobSpec, fs, files, bad=None, id_types=None) -> list:
 
 
 def partition_bytes(job: JobSpec) -> int:
-    """The job's ``partition_bytes`` in bytes; where the job leaves it unset (None),
-    ``config.get("partition-bytes")``."""
+    """The job's ``partition_bytes`` in bytes (``JobSpec`` fills an unset one from the
+    ``partition-bytes`` setting when it is made)."""
     from dask.utils import parse_bytes
 
-    value = job.partition_bytes if job.partition_bytes is not None else config.get("partition-bytes")
+    value = job.partition_bytes
     return parse_bytes(value) if isinstance(value, str) else int(value)
 
 

@@ -30,11 +30,11 @@ def test_a_task_carries_the_clients_settings():
 
 
 def test_partition_bytes_falls_back_to_config_where_the_job_leaves_it_unset():
-    job = SimpleNamespace(partition_bytes=None)
     with dask.config.set({"dscore.partition-bytes": "2MiB"}):
-        assert plan.partition_bytes(job) == 2 * 2**20
-    assert plan.partition_bytes(SimpleNamespace(partition_bytes="1KiB")) == 1024
-    assert plan.partition_bytes(SimpleNamespace(partition_bytes=5000)) == 5000
+        job = JobSpec.from_dict(JOB)  # the setting is read when the spec is made
+    assert plan.partition_bytes(job) == 2 * 2**20
+    assert plan.partition_bytes(JobSpec.from_dict({**JOB, "partition_bytes": "1KiB"})) == 1024
+    assert plan.partition_bytes(JobSpec.from_dict({**JOB, "partition_bytes": 5000})) == 5000
 
 
 def _task(**settings):
