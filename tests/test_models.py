@@ -19,7 +19,7 @@ import yaml
 
 import dscore
 from dscore import plan as planning
-from dscore.errors import JobError, SpecError
+from dscore.errors import JobError, ModelError, SpecError
 from dscore.spec import JobSpec
 from dscore.verify import reference_arrays
 
@@ -142,6 +142,19 @@ def test_columns_and_collisions(demo, tmp_path):
     plan = planning.plan_job(JobSpec.from_dict({**demo["job"], "output": str(tmp_path / "single")}))
     assert plan.outputs == ["score"] and set(plan.header["model"]) == {"path", "fingerprint"}
     assert "models" not in plan.header
+    # model.fields: its fields in its order, in the header (the job's own fields are in its digest)
+    sub = {
+        **demo["job"],
+        "output": str(tmp_path / "sub"),
+        "model": {"path": str(house), "fields": ["apps", "device_name"]},
+    }
+    plan = planning.plan_job(JobSpec.from_dict(sub))
+    assert plan.outputs == ["score_0", "score_1"] and plan.header["model"]["fields"] == ["apps", "device_name"]
+    # without fields, the model gets every field in the job's order, which it does not take
+    with pytest.raises(
+        ModelError, match=r"model '.*house.pt' fails on a one-row probe batch called as model\(device_name,"
+    ):
+        planning.plan_job(JobSpec.from_dict(models_job(demo, tmp_path, models={"car": car, "house": str(house)})))
 
 
 def test_scorer_with_several_models(demo, tmp_path):
