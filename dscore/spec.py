@@ -499,7 +499,10 @@ def _cuda_n(v: str) -> bool:
 class JobSpec:
     """A whole scoring job: the YAML job file (docs/design.md, "Job file"), validated
     when constructed; ``fields`` may hold ``Field`` objects or their mappings, ``model``
-    a ``ModelSpec``, its mapping or a path.
+    a ``ModelSpec``, its mapping or a path. ``models`` instead of ``model``: several
+    models scored in one pass, a mapping of name to any of those (or, from Python, a
+    sequence of ``(name, spec)`` pairs; a name given twice is an error); each may set
+    ``fields``, the fields it takes in its order (docs/design.md, section 3).
 
     Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
     ``--set key=value``) over the job file over the defaults here. ``partition_bytes``
@@ -638,6 +641,9 @@ class JobSpec:
         else:
             data, source = _read_yaml(str(job)), str(job)
         for key, value in (overrides or {}).items():
+            if key.split(".")[0] == "model" and data.get("models") is not None:
+                names = ", ".join(f"models.{n}.{key[6:]}" for n in data["models"]) or "models.<name>"
+                raise SpecError(f"--set {key}: this job names its models under models:; set {names}")
             set_dotted(data, key, value)
         return cls.from_dict(data, source)
 

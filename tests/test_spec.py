@@ -279,6 +279,9 @@ def test_models_roundtrip_and_overrides(tmp_path):
     short = {**MODELS, "models": {"car": "car.pt"}}
     assert JobSpec.load(short, {"models.car.batch_size": 64}).models["car"] == ModelSpec("car.pt", batch_size=64)
     assert JobSpec.load(job, {"models.car.batch_size": 64}).models["car"].batch_size == 64  # from a JobSpec too
+    with pytest.raises(SpecError, match=r"^--set model.batch_size: this job names its models under models:; set "
+                                        r"models.car.batch_size, models.house.batch_size$"):  # fmt: skip
+        JobSpec.load(job, {"model.batch_size": 64})
 
 
 @pytest.mark.parametrize(
