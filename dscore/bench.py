@@ -20,6 +20,9 @@ writing cost.
 TorchScript and as an eager factory, on data shaped like a user's job: each model
 alone in one process and in the workers, end to end, and against the serial
 ceiling ``1 / (1/read + 1/encode + 1/model)``.
+
+``multi_model`` (``dscore bench --multi-model``) runs two ``dscore.zoo`` models in one
+job (``models:``) against a job for each, on the same data in the same run.
 """
 
 from __future__ import annotations
@@ -101,23 +104,27 @@ def _cluster(layout: Layout):
     return cluster, Client(cluster)
 
 
-def run_dscore(job: str, layout: Layout, **overrides) -> dict:
-    """``dscore.run`` on a fresh LocalCluster of ``layout``; rows/s over the job's wall time."""
+def run_dscore(job, layout: Layout, **overrides) -> dict:
+    """``dscore.run`` on a fresh LocalCluster of ``layout`` (``job``: a job file or its
+    mapping); rows/s over the job's wall time."""
     from . import pipeline
     from .worker import peak_rss
 
+    names = job["models"] if isinstance(job, dict) and job.get("models") else None
+    threads = {f"models.{n}.threads" for n in names} if names else {"model.threads"}
     cluster, client = _cluster(layout)
     try:
         t = time.perf_counter()
         report = pipeline.run(
-            job, client=client, overwrite=True, progress=False, **{"model.threads": layout.torch_threads, **overrides}
-        )
+            job, client=client, overwrite=True, progress=False,
+            **{**dict.fromkeys(threads, layout.torch_threads), **overrides},
+        )  # fmt: skip
         wall = time.perf_counter() - t
         peak = sum(client.run(peak_rss).values())
     finally:
         client.close()
         cluster.close()
-    return {"rows_per_s": report.rows_scored / wall, "peak_rss": peak, "report": report}
+    return {"rows_per_s": report.rows_scored / wall, "wall": wall, "peak_rss": peak, "report": report}
 
 
 def _read_piece(piece, columns, storage_options):
@@ -701,6 +708,71 @@ def format_models(res: dict) -> str:
         lines.append(
             f"plain Dask map_partitions + pandas, masked_mean torchscript: {p:,.0f} rows/s; dscore {d / p:.2f}x it"
         )
+    return "\n".join(lines)
+
+
+MULTI_MODELS = ("masked_mean", "two_output")
+
+
+def multi_model(workdir: str, rows: int, layout: Layout, names=MULTI_MODELS) -> dict:
+    """Several models in one job (``models:``) against one job per model, in this run,
+    on the same data (the ``dscore.zoo`` data of ``--models``; the models as
+    TorchScript): rows/s of the job with every model, of each job alone, of the
+    separate jobs one after the other (rows over the sum of their wall times), and
+    the ratio of the first to the last. The read-only ceiling runs first, so that
+    every job finds the input in the page cache."""
+    import yaml
+
+    job, variants = prepare_models(workdir, rows)
+    missing = [n for n in names if f"{n} torchscript" not in variants]
+    if missing or len(names) < 2:
+        raise ValueError(f"--only {','.join(names)}: name two or more dscore.zoo models")
+    with open(job) as f:
+        base = yaml.safe_load(f)
+    del base["model"]
+    specs = {n: {k.split(".", 1)[1]: v for k, v in variants[f"{n} torchscript"].items()} for n in names}
+    res = {"machine": machine(), "rows": rows, "files": ZOO_FILES, "layout": str(layout), "models": list(names)}
+    res["read_only"] = run_read_only(job, layout)
+    out = base["output"].rstrip("/")
+    run = run_dscore({**base, "output": f"{out}-multi", "models": specs}, layout)
+    report = run["report"]
+    res["together"] = {
+        "rows_per_s": run["rows_per_s"], "wall": run["wall"], "peak_rss": run["peak_rss"],
+        "execution": {n: "; ".join(report.models[n]["execution"]) for n in names},
+    }  # fmt: skip
+    res["separate"] = []
+    for n in names:
+        run = run_dscore({**base, "output": f"{out}-{n}", "model": specs[n]}, layout)
+        res["separate"].append({
+            "model": n, "rows_per_s": run["rows_per_s"], "wall": run["wall"], "peak_rss": run["peak_rss"],
+            "execution": "; ".join(run["report"].model["execution"]),
+        })  # fmt: skip
+    rows_scored = report.rows_scored
+    res["separate_total"] = {"rows_per_s": rows_scored / sum(r["wall"] for r in res["separate"])}
+    res["ratio"] = res["together"]["rows_per_s"] / res["separate_total"]["rows_per_s"]
+    return res
+
+
+def format_multi_model(res: dict) -> str:
+    t = res["together"]
+    lines = [
+        f"machine: {res['machine']}",
+        f"rows: {res['rows']:,} in {res['files']} files; layout (workers x threads x torch threads): {res['layout']}; "
+        f"read-only ceiling {res['read_only']['rows_per_s']:,.0f} rows/s",
+        f"{'job':<40}{'rows/s':>10}{'wall s':>9}{'peak RSS MiB':>14}  workers chose",
+        f"{'one job, models: ' + ', '.join(res['models']):<40}{t['rows_per_s']:>10,.0f}{t['wall']:>9.1f}"
+        f"{t['peak_rss'] / 2**20:>14,.0f}  " + "; ".join(f"{n}: {e}" for n, e in t["execution"].items()),
+    ]
+    for r in res["separate"]:
+        lines.append(
+            f"{'  alone: ' + r['model']:<40}{r['rows_per_s']:>10,.0f}{r['wall']:>9.1f}{r['peak_rss'] / 2**20:>14,.0f}"
+            f"  {r['execution']}"
+        )
+    lines.append(
+        f"{'separate jobs, one after the other':<40}{res['separate_total']['rows_per_s']:>10,.0f}"
+        f"{sum(r['wall'] for r in res['separate']):>9.1f}"
+    )
+    lines.append(f"one job with {len(res['models'])} models: {res['ratio']:.2f}x the separate jobs")
     return "\n".join(lines)
 
 

@@ -276,6 +276,12 @@ def _layouts(text: str):
     help="The model shapes users bring (dscore.zoo), each as TorchScript and eager: alone in one process and in the workers, end to end, against the serial ceiling.",
 )
 @click.option(
+    "--multi-model",
+    is_flag=True,
+    help="Two dscore.zoo models in one job (models:) against a job for each, same data, same run "
+    "(--only picks the models; default masked_mean,two_output).",
+)
+@click.option(
     "--seconds",
     type=click.FloatRange(min=0.01),
     default=1.0,
@@ -286,7 +292,7 @@ def _layouts(text: str):
     "--only",
     default="",
     metavar="NAMES",
-    help="With --models: only these dscore.zoo models (comma-separated, e.g. masked_mean).",
+    help="With --models or --multi-model: only these dscore.zoo models (comma-separated, e.g. masked_mean).",
 )
 @click.option(
     "--sweep-layouts",
@@ -302,7 +308,10 @@ def _layouts(text: str):
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the plain-Dask and single-process baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, sweep_batches, no_baselines, json_path):
+def bench(
+    rows, workdir, layout, model_only, zoo, multi_model, seconds, only, sweep_layouts, sweep_batches, no_baselines,
+    json_path,
+):  # fmt: skip
     """Benchmark dscore on the demo data against its ceilings and baselines (with --models:
     on the model shapes users bring)."""
     import tempfile
@@ -311,17 +320,23 @@ def bench(rows, workdir, layout, model_only, zoo, seconds, only, sweep_layouts, 
     from .layout import host_cores
     from .layout import layout as layout_rule  # `layout` is the --layout option here
 
-    workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{'models-' if zoo else ''}{rows}")
+    zoo_data = zoo or multi_model  # the same data and models
+    workdir = workdir or os.path.join(tempfile.gettempdir(), f"dscore-bench-{'models-' if zoo_data else ''}{rows}")
     cores = host_cores()
     default = b.Layout(*layout_rule(cores))  # the LocalCluster default (dscore.layout)
     main_layout = _layouts(layout)[0] if layout else default
     out: dict = {"rows": rows, "machine": b.machine()}
-    if zoo:
-        from .zoo import MODELS
+    from .zoo import MODELS
 
-        names = [n for n in only.split(",") if n]
-        if any(n not in MODELS for n in names):
-            raise click.BadParameter(f"{only!r}: expected names among {', '.join(MODELS)}", param_hint="--only")
+    names = [n for n in only.split(",") if n]
+    if any(n not in MODELS for n in names):
+        raise click.BadParameter(f"{only!r}: expected names among {', '.join(MODELS)}", param_hint="--only")
+    if multi_model:
+        if names and len(names) < 2:
+            raise click.BadParameter(f"{only!r}: --multi-model needs two or more models", param_hint="--only")
+        out["multi_model"] = b.multi_model(workdir, rows, main_layout, names or b.MULTI_MODELS)
+        click.echo(b.format_multi_model(out["multi_model"]))
+    elif zoo:
         out["models"] = b.models(workdir, rows, main_layout, seconds, names, baselines=not no_baselines)
         click.echo(b.format_models(out["models"]))
     elif model_only:

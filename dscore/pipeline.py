@@ -32,7 +32,7 @@ from .encoding import FieldStats, InvalidUTF8Error, NumericSizeError, encode_tab
 from .errors import JobError
 from .lease import Lease
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, Output
-from .plan import Inputs, Plan, TaskSpec, check_schema, plan_inputs, plan_job, warm_task
+from .plan import Inputs, Plan, TaskSpec, check_schema, plan_inputs, plan_job, torch_threads, warm_task
 from .report import Progress, Report
 from .spec import JobSpec, SpecError
 from .worker import peak_rss, relieve_memory, runtime
@@ -46,8 +46,11 @@ class Scored(NamedTuple):
 
     table: pa.Table  # task.id_columns, then one float32 column per model output; a row per input row, in order
     stats: dict  # {field name: FieldStats}
-    seconds: dict  # {stage: seconds}: encode, tune, predict
-    execution: dict  # how the model ran: batch_size, mode (and what tuning measured: batch_rates, mode_rates)
+    seconds: dict  # {stage: seconds}: encode, tune, predict (every model's)
+    # How the model ran: batch_size, mode (and what tuning measured: batch_rates,
+    # mode_rates); with several models (``models``), that of each by name, with its
+    # own predict seconds: {name: {batch_size, mode, ..., predict_seconds}}.
+    execution: dict
 
 
 def score_table(table: pa.Table, task: TaskSpec, rt=None) -> Scored:
@@ -64,17 +67,26 @@ def _score_table(table: pa.Table, task: TaskSpec, rt) -> Scored:
     t1 = time.perf_counter()
     arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers_for(device), device=device)
     t2 = time.perf_counter()
-    model = rt.ready_model(task, arrays)
-    t3 = time.perf_counter()
-    scores = model.predict(arrays)
-    t4 = time.perf_counter()
+    seconds = {"encode": t2 - t1, "predict": 0.0, "tune": t1 - t0}
     cols = {c: table.column(c) for c in task.id_columns}
-    for i, name in enumerate(model.output_names):
-        cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
-    seconds = {"encode": t2 - t1, "predict": t4 - t3, "tune": (t1 - t0) + (t3 - t2)}
-    info = getattr(model, "info", None) or {}
-    execution = {"batch_size": model.batch_size, "mode": model.mode}
-    execution.update({k: info[k] for k in ("batch_rates", "mode_rates") if k in info})  # what tuning measured
+    execution = {}
+    for entry in task.models:  # the fields encoded once; each model fed its own, in its order
+        own = {n: arrays[n] for n in entry.fields}
+        t2 = time.perf_counter()
+        model = rt.ready_model(task, own, entry)
+        t3 = time.perf_counter()
+        scores = model.predict(own)
+        t4 = time.perf_counter()
+        for i, name in enumerate(entry.columns or model.output_names):
+            cols[name] = pa.array(np.ascontiguousarray(scores[:, i]), pa.float32())
+        seconds["tune"] += t3 - t2
+        seconds["predict"] += t4 - t3
+        info = getattr(model, "info", None) or {}
+        ran = {"batch_size": model.batch_size, "mode": model.mode}
+        ran.update({k: info[k] for k in ("batch_rates", "mode_rates") if k in info})  # what tuning measured
+        execution[entry.name] = {**ran, "predict_seconds": t4 - t3}
+    if None in execution:  # a job's single model: the record's shape from before models existed
+        execution = {k: v for k, v in execution[None].items() if k != "predict_seconds"}
     return Scored(pa.table(cols), stats, seconds, execution)
 
 
@@ -95,6 +107,7 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
     stats: dict = {f.name: FieldStats() for f in task.fields}
     seconds = dict.fromkeys(("read", "encode", "tune", "predict"), 0.0)
     execution: dict = {}
+    named = task.models[0].name is not None  # models: execution is per model
     rows = 0
 
     def scored_slices():
@@ -121,6 +134,9 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
                 stats[name].add(s)
             for k, v in scored.seconds.items():
                 seconds[k] += v
+            if named:  # each model's predict seconds, summed over the slices
+                for name, ran in scored.execution.items():
+                    ran["predict_seconds"] += execution.get(name, {}).get("predict_seconds", 0.0)
             execution = scored.execution
             rows += scored.table.num_rows
             del table
@@ -139,22 +155,26 @@ def _score_piece(piece: io.Piece, task: TaskSpec, output_url: str, quarantine: b
     }
     try:
         out.write_part(
-            piece.index, scored_slices(), lambda: _record(record, rows, stats, execution, seconds), job=task.job_token
+            piece.index,
+            scored_slices(),
+            lambda: _record(record, rows, stats, execution, seconds, named),
+            job=task.job_token,
         )
     except io.InputError as e:
         if not quarantine:
             raise
         return {"index": piece.index, "quarantined": True, "input": piece.identity(), "error": str(e)}
     seconds["write"] = time.perf_counter() - t0 - sum(seconds.values())
-    return {**_record(record, rows, stats, execution, seconds), "seconds": seconds}
+    return {**_record(record, rows, stats, execution, seconds, named), "seconds": seconds}
 
 
-def _record(record: dict, rows: int, stats: dict, execution: dict, seconds: dict) -> dict:
+def _record(record: dict, rows: int, stats: dict, execution: dict, seconds: dict, named: bool = False) -> dict:
     return {
         **record,
         "rows": rows,
         "stats": {name: dataclasses.asdict(s) for name, s in stats.items()},
-        "model": execution,
+        # how the model ran; with several models (``models``), each by name
+        ("models" if named else "model"): execution,
         # The worker's memory after each partition, so that a leak shows in the manifest.
         "worker_rss": psutil.Process().memory_info().rss,
         "worker_peak_rss": peak_rss(),
@@ -167,7 +187,13 @@ def _rgs(piece):
 
 
 # ---------------------------------------------------------------- the job (client side)
-RESUME_KEYS = (("model", "model"), ("mapping tables", "vocab"), ("field spec / outputs", "fields"), ("input", "input"))
+RESUME_KEYS = (
+    ("model", "model"),
+    ("models", "models"),  # a job with models: every model's path and fingerprint
+    ("mapping tables", "vocab"),
+    ("field spec / outputs", "fields"),
+    ("input", "input"),
+)
 
 
 def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dict:
@@ -194,7 +220,7 @@ def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dic
             )
         return {}
     changed = [
-        f"{what} ({_differs(old.get(key), header.get(key))})"
+        f"{what} ({_differs(old.get(key), header.get(key), nested=key == 'models')})"
         for what, key in RESUME_KEYS
         if old.get(key) != header.get(key)
     ]
@@ -211,11 +237,17 @@ def _check_resume(out: Output, header: dict, token: str, overwrite: bool) -> dic
     return done
 
 
-def _differs(old, new) -> str:
-    """What changed, briefly: the fingerprints, paths or counts that differ."""
+def _differs(old, new, nested: bool = False) -> str:
+    """What changed, briefly: the fingerprints, paths or counts that differ (with
+    ``nested``, inside each entry too: ``house fingerprint ... then, ... now``)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "digest"] or ["digest"]
-        return ", ".join(f"{k} {_short(old.get(k))} then, {_short(new.get(k))} now" for k in keys)
+        return ", ".join(
+            f"{k} {_differs(old[k], new[k])}"
+            if nested and isinstance(old.get(k), dict) and isinstance(new.get(k), dict)
+            else f"{k} {_short(old.get(k))} then, {_short(new.get(k))} now"
+            for k in keys
+        )
     return f"{_short(old)} then, {_short(new)} now"
 
 
@@ -333,7 +365,7 @@ def _start_cluster(stack, spec: JobSpec, client, inputs: Inputs, settings: dict)
             )  # fmt: skip
             check_resources(c, spec.resources)
             rows = sum(p.rows or 0 for p in inputs.pieces) // (sum(c.nthreads().values()) or 1)
-            register(c, spec.model.threads)
+            register(c, torch_threads(spec))
             if inputs.pieces:
                 warm(c, warm_task(spec, rows, settings), inputs.pieces[0])
         return c, time.perf_counter()

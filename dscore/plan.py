@@ -28,13 +28,84 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class ModelTask:
+    """One model of a job as its tasks carry it: a spec and a fingerprint, never the
+    model itself.
+
+    ``name`` is the model's name in the job's ``models``, or None for a job's single
+    ``model``. ``fields`` are the names of the fields it is fed, in the order it takes
+    them (its ``fields`` key, else every field in the job's order). ``columns`` are
+    its score columns (``column_names``), fixed by the client's probe; empty in a
+    warm-up spec, where the model's own output names serve.
+    """
+
+    name: str | None
+    spec: ModelSpec
+    fingerprint: str | None  # None only in a warm-up spec (warm_task): the worker computes it
+    fields: tuple
+    columns: tuple = ()
+
+    @property
+    def where(self) -> str:
+        """The job key of this model, for messages: ``model`` or ``models.<name>``."""
+        return "model" if self.name is None else f"models.{self.name}"
+
+    def field_specs(self, fields) -> list:
+        """This model's ``Field``s, in its order, out of the job's ``fields``."""
+        by_name = {f.name: f for f in fields}
+        return [by_name[n] for n in self.fields]
+
+
+def model_tasks(job: JobSpec) -> tuple:
+    """``job``'s models as ``ModelTask``s without fingerprints or columns (``warm_task``)."""
+    every = tuple(f.name for f in job.fields)
+    return tuple(ModelTask(name, spec, None, tuple(spec.fields or every)) for name, spec in job.named_models)
+
+
+def column_names(name: str | None, spec: ModelSpec, outputs: list) -> list:
+    """A model's score columns, given the names its probe found (``Model.output_names``:
+    ``spec.outputs``, else ``score`` or ``score_0..k-1``). The job's single ``model``
+    keeps those; a model named ``car`` in ``models`` writes ``car`` for one unnamed
+    output, ``car_0..car_{k-1}`` for k, and ``car_<output>`` for each of its ``outputs``."""
+    if name is None:
+        return list(outputs)
+    if spec.outputs:
+        return [f"{name}_{o}" for o in spec.outputs]
+    return [name] if len(outputs) == 1 else [f"{name}_{i}" for i in range(len(outputs))]
+
+
+def probe_models(entries, fields, id_columns, largest=None, storage_options=None) -> tuple:
+    """``entries`` (``ModelTask``s) with their fingerprints and columns: each model
+    loaded on the CPU and probed (with ``largest`` indices: see ``Model.probe``); a
+    column that is also an id column or another model's is a ``SpecError`` naming
+    the model's key."""
+    out, owner = [], {c: None for c in id_columns}
+    for e in entries:
+        fp = model_fingerprint(e.spec.path, storage_options)
+        model = Model.load(e.spec, e.field_specs(fields), device="cpu", storage_options=storage_options)
+        model.probe({n: i for n, i in (largest or {}).items() if n in e.fields} if largest else None)
+        columns = column_names(e.name, e.spec, model.output_names)
+        for c in columns:
+            if c in owner:
+                other = "an id column" if owner[c] is None else f"a column of {owner[c]}"
+                if owner[c] == e.where:
+                    other = "another of its own columns"
+                fix = f"set {e.where}.outputs" if e.name is None else f"rename the model or set {e.where}.outputs"
+                raise SpecError(f"{e.where}: column {c!r} is also {other}; {fix}")
+            owner[c] = e.where
+        out.append(dataclasses.replace(e, fingerprint=fp, columns=tuple(columns)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What a task needs to score a partition: paths and fingerprints, never the
-    model or the tables themselves (workers load those once; see ``worker``)."""
+    models or the tables themselves (workers load those once; see ``worker``).
+    ``models``: the job's ``ModelTask``s, one unnamed for a job's single ``model``;
+    the task reads and encodes ``fields`` once and feeds each model its own."""
 
     fields: tuple
-    model: ModelSpec
-    model_fp: str | None  # None only in a warm-up spec (warm_task): the worker computes it
+    models: tuple
     vocab: str | None
     vocab_fp: str | None
     id_columns: tuple
@@ -54,6 +125,21 @@ class TaskSpec:
     def columns(self) -> list[str]:
         """Input columns to read: ids first, then each field's column once."""
         return input_columns(self.fields, self.id_columns)
+
+    @property
+    def model(self) -> ModelSpec:
+        """The first (for a job's single ``model``: the) model's spec."""
+        return self.models[0].spec
+
+    @property
+    def model_fp(self) -> str | None:
+        """The first (for a job's single ``model``: the) model's fingerprint."""
+        return self.models[0].fingerprint
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every score column, model after model."""
+        return [c for m in self.models for c in m.columns]
 
 
 def input_columns(fields, id_columns) -> list[str]:
@@ -149,24 +235,23 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None, settings: dict | None =
     so = job.storage_options
     inputs = inputs or plan_inputs(job)
     vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=so) if job.vocab else None
-    model_fp = model_fingerprint(job.model.path, so)
     # On the CPU, also for a CUDA job: CUDA is initialised in workers, never in the
     # client (it may have no GPU; and a forked worker cannot use its parent's context).
-    model = Model.load(job.model, job.fields, device="cpu", storage_options=so)
-    model.probe(largest_indices(job.fields, vocab))
+    models = probe_models(model_tasks(job), job.fields, job.id_columns, largest_indices(job.fields, vocab), so)
     task = dataclasses.replace(
         warm_task(job, settings=settings),
-        model_fp=model_fp,
+        models=models,
         vocab_fp=vocab.fingerprint() if vocab is not None else None,
         id_types=inputs.id_types,
     )
     pieces = inputs.pieces
+    outputs = task.outputs
     header = {
         "format_version": FORMAT_VERSION,
-        "model": {"path": job.model.path, "fingerprint": model_fp},
+        **_models_header(models),
         "vocab": {"path": job.vocab, "fingerprint": task.vocab_fp},
-        "fields": _fields_digest(job.fields, job.id_columns, model.output_names),
-        "outputs": model.output_names,
+        "fields": _fields_digest(job.fields, job.id_columns, outputs),
+        "outputs": outputs,
         "id_columns": list(job.id_columns),
         "input": {
             "partitions": len(pieces),
@@ -179,7 +264,31 @@ def plan_job(job: JobSpec, inputs: Inputs | None = None, settings: dict | None =
     }
     unreadable = [{"index": None, "input": u.identity, "error": u.error} for u in inputs.unreadable]
     task = dataclasses.replace(task, job_token=job_token(header))
-    return Plan(job, task, pieces, model.output_names, header, unreadable)
+    return Plan(job, task, pieces, outputs, header, unreadable)
+
+
+def _models_header(models) -> dict:
+    """The models' part of the plan header: ``model`` (path and fingerprint, as before
+    ``models`` existed, so that their outputs still resume) for a job's single model,
+    ``models`` (each name's path, fingerprint and fields) for several."""
+
+    def entry(m):
+        d = {"path": m.spec.path, "fingerprint": m.fingerprint}
+        if m.spec.fields is not None:  # only when given: the job's fields are in the header's digest
+            d["fields"] = list(m.fields)
+        return d
+
+    if len(models) == 1 and models[0].name is None:
+        return {"model": entry(models[0])}
+    return {"models": {m.name: entry(m) for m in models}}
+
+
+def torch_threads(job: JobSpec) -> int | None:
+    """The torch threads of the job's workers: ``model.threads``, or with ``models``
+    the largest ``threads`` any of them sets (threads are per process, shared by
+    every model in it); None for the worker's share of its host's cores."""
+    threads = [spec.threads for _, spec in job.named_models if spec.threads]
+    return max(threads) if threads else None
 
 
 def job_token(header: dict) -> str:
@@ -188,13 +297,12 @@ def job_token(header: dict) -> str:
 
 
 def warm_task(job: JobSpec, rows_hint: int | None = None, settings: dict | None = None) -> TaskSpec:
-    """``job``'s TaskSpec before the client has fingerprinted the model and tables:
+    """``job``'s TaskSpec before the client has fingerprinted the models and tables:
     what workers warm up with (``worker.Runtime.warm``) while the client plans.
     ``settings``: the job's ``config.snapshot()`` (default: one taken now)."""
     return TaskSpec(
         fields=tuple(job.fields),
-        model=job.model,
-        model_fp=None,
+        models=model_tasks(job),
         vocab=job.vocab,
         vocab_fp=None,
         id_columns=tuple(job.id_columns),

@@ -43,6 +43,11 @@ class Report:
     # (cluster up, plugin registered), start (the first partition done, less its own
     # time: the job's fixed start); finish: from the last partition to the end.
     timeline: dict = dataclasses.field(default_factory=dict)
+    # A job with ``models``: each model by name, as ``model`` is for a single one
+    # (path, fingerprint, outputs, execution, tuning), with ``rows_per_second``: the
+    # rows this run scored over that model's predict time (summed over tasks).
+    # ``model`` then holds only every ``outputs``.
+    models: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(
@@ -69,11 +74,27 @@ class Report:
             for k, v in rec["seconds"].items():
                 stages[k] += v
         rows_scored = sum(r["rows"] for r in this_run)
-        # per worker process, what autotuning measured (rows/s by batch size and mode)
-        tuning = {
-            json.dumps({k: r["model"][k] for k in ("batch_rates", "mode_rates") if k in r["model"]}, sort_keys=True)
-            for r in this_run
-        }
+        if plan.task.models[0].name is None:
+            model = {
+                "path": spec.model.path,
+                "fingerprint": plan.task.model_fp,
+                "outputs": plan.outputs,
+                **_execution([r["model"] for r in this_run]),
+            }
+            models = {}
+        else:
+            model = {"outputs": plan.outputs}
+            models = {}
+            for m in plan.task.models:
+                ran = [r["models"][m.name] for r in this_run]
+                predict = sum(x.get("predict_seconds", 0.0) for x in ran)
+                models[m.name] = {
+                    "path": m.spec.path,
+                    "fingerprint": m.fingerprint,
+                    "outputs": list(m.columns),
+                    **_execution(ran),
+                    "rows_per_second": rows_scored / predict if predict > 0 else 0.0,
+                }
         return cls(
             job=spec.source,
             output=spec.output,
@@ -88,17 +109,11 @@ class Report:
             rows_per_second=rows_scored / wall if wall > 0 else 0.0,
             stages=stages,
             fields={f.name: {"kind": f.kind, **stats[f.name].summary()} for f in spec.fields},
-            model={
-                "path": spec.model.path,
-                "fingerprint": plan.task.model_fp,
-                "outputs": plan.outputs,
-                # what the workers chose (dscore.optimize): "batch 1024, freeze"
-                "execution": sorted({f"batch {r['model']['batch_size']}, {r['model']['mode']}" for r in this_run}),
-                "tuning": sorted(tuning - {"{}"}),
-            },
+            model=model,
             cluster=cluster,
             peak_worker_rss=max((r.get("worker_peak_rss", 0) for r in this_run), default=0),
             timeline=dict(timeline),
+            models=models,
         )
 
     def to_dict(self) -> dict:
@@ -125,16 +140,13 @@ class Report:
             )
         if self.model.get("execution"):
             lines.append(f"  model: {'; '.join(self.model['execution'])}")
-        for tuning in self.model.get("tuning", []):
-            rates = json.loads(tuning)
+        lines.extend(_tuning_lines(self.model))
+        for name, m in self.models.items():
             lines.append(
-                "    tuned on a worker, rows/s: "
-                + ", ".join(
-                    f"batch {b} {r:,}"
-                    for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0]))
-                )
-                + "".join(f"; {m} {r:,}" for m, r in rates.get("mode_rates", {}).items())
+                f"  model {name} ({', '.join(m['outputs'])}): {'; '.join(m['execution']) or 'not run'}"
+                + (f"; predict {m['rows_per_second']:,.0f} rows/s per thread" if m.get("rows_per_second") else "")
             )
+            lines.extend(_tuning_lines(m))
         lines.append(f"  {'field':<16}{'OOV rate':>10}{'truncated':>11}{'tokens/row':>12}")
         for name, s in self.fields.items():
             if s.get("kind") == "numeric":  # no tokens: what matters is how much was missing
@@ -146,6 +158,31 @@ class Report:
             lines.append(f"  QUARANTINED {len(self.quarantined)} partitions (see _quarantine.json); output is partial:")
             lines.extend(f"    {q['error']}" for q in self.quarantined[:5])
         return "\n".join(lines)
+
+
+def _execution(ran: list) -> dict:
+    """What the workers chose for a model (dscore.optimize), from each partition's
+    record of it: ``execution`` ("batch 1024, freeze") and, per worker process, what
+    autotuning measured (``tuning``: rows/s by batch size and mode)."""
+    tuning = {json.dumps({k: x[k] for k in ("batch_rates", "mode_rates") if k in x}, sort_keys=True) for x in ran}
+    return {
+        "execution": sorted({f"batch {x['batch_size']}, {x['mode']}" for x in ran}),
+        "tuning": sorted(tuning - {"{}"}),
+    }
+
+
+def _tuning_lines(model: dict) -> list:
+    lines = []
+    for tuning in model.get("tuning", []):
+        rates = json.loads(tuning)
+        lines.append(
+            "    tuned on a worker, rows/s: "
+            + ", ".join(
+                f"batch {b} {r:,}" for b, r in sorted(rates.get("batch_rates", {}).items(), key=lambda kv: int(kv[0]))
+            )
+            + "".join(f"; {m} {r:,}" for m, r in rates.get("mode_rates", {}).items())
+        )
+    return lines
 
 
 class Progress:

@@ -14,11 +14,9 @@ import pyarrow as pa
 from . import config
 from .cluster import register
 from .encoding import check_fields
-from .model import Model
-from .model import fingerprint as model_fingerprint
 from .pipeline import score_table
-from .plan import TaskSpec
-from .spec import ENCODE_DEVICES, ModelSpec, SpecError
+from .plan import ModelTask, TaskSpec, probe_models
+from .spec import ENCODE_DEVICES, ModelSpec, SpecError, check_model_fields, parse_models
 
 
 class Scorer:
@@ -30,6 +28,11 @@ class Scorer:
         Model file (see ``ModelSpec``); keyword options such as ``batch_size``,
         ``device``, ``call``, ``outputs``, ``factory`` build the spec from a path.
     fields : sequence of Field
+    models : mapping of name to str, ModelSpec or its mapping, optional
+        Several models instead of ``model``, as a job's ``models``: each partition is
+        encoded once and every model scores it, into the columns named after it
+        (``car``, or ``car_0..k-1``, or ``car_<output>``), fed only its own
+        ``fields`` (default: all, in ``fields`` order).
     vocab : str or Vocabulary, optional
         Directory of mapping tables (a loaded ``Vocabulary`` must come from one:
         workers load tables themselves; they are never shipped in the graph).
@@ -47,18 +50,40 @@ class Scorer:
     """
 
     def __init__(
-        self, model, fields, vocab=None, *, id_columns=(), storage_options=None, encode_device="auto", **model_options
+        self,
+        model=None,
+        fields=None,
+        vocab=None,
+        *,
+        models=None,
+        id_columns=(),
+        storage_options=None,
+        encode_device="auto",
+        **model_options,
     ):
         from .vocab import Vocabulary
 
+        if fields is None:
+            raise TypeError("Scorer needs fields: the Field objects the models take")
         fields = tuple(fields)
         check_fields(fields)
         if encode_device not in ENCODE_DEVICES:
             raise SpecError(f"encode_device is {encode_device!r}; expected one of {', '.join(ENCODE_DEVICES)}")
         so = dict(storage_options or {})
-        spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
-        if isinstance(model, ModelSpec) and model_options:
-            spec = dataclasses.replace(spec, **model_options)
+        if models is not None:
+            if model is not None or model_options:
+                raise SpecError("model and models are both given; a Scorer takes one model or several by name")
+            named = list(parse_models(models).items())
+        elif model is None:
+            raise TypeError("Scorer needs a model (or models: a mapping of name to model)")
+        else:
+            spec = model if isinstance(model, ModelSpec) else ModelSpec(path=str(model), **model_options)
+            if isinstance(model, ModelSpec) and model_options:
+                spec = dataclasses.replace(spec, **model_options)
+            named = [(None, spec)]
+        names = [f.name for f in fields]
+        for name, spec in named:
+            check_model_fields(spec, names, "model" if name is None else f"models.{name}")
         if isinstance(vocab, Vocabulary):
             if vocab.source.startswith(("<", "fit(")):
                 raise TypeError("Scorer needs the vocabulary's directory: save it (vocab.save(path)) and pass the path")
@@ -67,10 +92,10 @@ class Scorer:
         loaded = Vocabulary.load(vocab, fields=fields, storage_options=so) if (vocab and needs_tables) else None
         if needs_tables and loaded is None:
             raise SpecError("fields without buckets need a vocab directory of mapping tables")
+        entries = tuple(ModelTask(name, spec, None, tuple(spec.fields or names)) for name, spec in named)
         self.task = TaskSpec(
             fields=fields,
-            model=spec,
-            model_fp=model_fingerprint(spec.path, so),
+            models=probe_models(entries, fields, tuple(id_columns), storage_options=so),
             vocab=vocab if loaded is not None else None,
             vocab_fp=loaded.fingerprint() if loaded is not None else None,
             id_columns=tuple(id_columns),
@@ -78,7 +103,7 @@ class Scorer:
             encode_device=encode_device,
             settings=config.snapshot(),
         )
-        self.outputs = Model.load(spec, fields, device="cpu", storage_options=so).output_names
+        self.outputs = self.task.outputs
 
     def register(self, client, torch_threads=None) -> None:
         """Set up dscore's worker plugin on ``client``'s workers (threads and model cache)."""

@@ -381,6 +381,8 @@ class ModelSpec:
     ``tf32: true`` lets float32 matrix products and convolutions on CUDA use
     TensorFloat-32 (faster on Ampere and later, about 1e-3 relative error); off by
     default, so that fp32 means IEEE fp32. It has no effect on CPU.
+    ``fields`` names the job's fields this model takes, in the order it takes them
+    (positional call); default: every field, in the job's order.
     """
 
     path: str
@@ -398,6 +400,7 @@ class ModelSpec:
     tf32: bool = False
     threads: int | None = None
     trust_model: bool = False
+    fields: tuple | None = None
 
     CHECKS = {
         "path": _str,
@@ -416,22 +419,33 @@ class ModelSpec:
         "tf32": _bool,
         "threads": _opt_pos_int,
         "trust_model": _bool,
+        "fields": _opt_str_list,  # names checked against the job's fields by JobSpec
     }
 
     def __post_init__(self):
         _validate(self, "model.")
 
     @classmethod
-    def from_dict(cls, data) -> ModelSpec:
-        """A ``ModelSpec`` from a job file's ``model`` (a mapping, or the path alone)."""
+    def from_dict(cls, data, where: str = "model") -> ModelSpec:
+        """A ``ModelSpec`` from a job file's ``model`` (a mapping, or the path alone);
+        errors name ``where`` (``models.car`` for an entry of ``models``)."""
         if isinstance(data, str):
             data = {"path": data}
-        _check_keys(data, "model", cls.CHECKS, required=("path",))
-        return cls(**data)
+        _check_keys(data, where, cls.CHECKS, required=("path",))
+        try:
+            return cls(**data)
+        except SpecError as e:
+            if where == "model" or not str(e).startswith("model."):
+                raise
+            raise SpecError(f"{where}.{str(e)[len('model.') :]}") from None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["outputs"] = list(self.outputs) if self.outputs else None
+        if self.fields is None:  # absent, as before the key existed
+            del d["fields"]
+        else:
+            d["fields"] = list(self.fields)
         return d
 
 
@@ -485,7 +499,10 @@ def _cuda_n(v: str) -> bool:
 class JobSpec:
     """A whole scoring job: the YAML job file (docs/design.md, "Job file"), validated
     when constructed; ``fields`` may hold ``Field`` objects or their mappings, ``model``
-    a ``ModelSpec``, its mapping or a path.
+    a ``ModelSpec``, its mapping or a path. ``models`` instead of ``model``: several
+    models scored in one pass, a mapping of name to any of those (or, from Python, a
+    sequence of ``(name, spec)`` pairs; a name given twice is an error); each may set
+    ``fields``, the fields it takes in its order (docs/design.md, section 3).
 
     Precedence of values: explicit arguments (``dscore.run(job, **overrides)``,
     ``--set key=value``) over the job file over the defaults here. ``partition_bytes``
@@ -508,8 +525,9 @@ class JobSpec:
     input: tuple
     output: str
     fields: tuple
-    model: ModelSpec
+    model: ModelSpec | None = None
     _: KW_ONLY
+    models: dict | None = None
     vocab: str | None = None
     id_columns: tuple = ()
     storage_options: dict = dataclasses.field(default_factory=dict, repr=False)  # credentials
@@ -533,6 +551,7 @@ class JobSpec:
         "output": _str,
         "fields": None,  # checked by __post_init__
         "model": None,
+        "models": None,
         "vocab": _opt_str,
         "id_columns": _str_list,
         "storage_options": _options,
@@ -550,7 +569,7 @@ class JobSpec:
         "partition_types": _arrow_types,
         "lock_timeout": _pos_number,
     }
-    REQUIRED = ("input", "output", "fields", "model")
+    REQUIRED = ("input", "output", "fields")  # and model or models
 
     def __post_init__(self):
         fields = self.fields
@@ -562,8 +581,18 @@ class JobSpec:
         if dup:
             raise SpecError(f"fields: field {dup!r} is given twice; names must be unique")
         object.__setattr__(self, "fields", fields)
-        if not isinstance(self.model, ModelSpec):
+        if self.model is not None and self.models is not None:
+            raise SpecError(
+                "model and models are both given; a job names one model (model:) or several by name (models:), not both"
+            )
+        if self.models is not None:
+            object.__setattr__(self, "models", parse_models(self.models))
+        elif self.model is None:
+            raise SpecError("missing required key 'model' (or 'models', a mapping of model name to model spec)")
+        elif not isinstance(self.model, ModelSpec):
             object.__setattr__(self, "model", ModelSpec.from_dict(self.model))
+        for name, spec in self.named_models:
+            check_model_fields(spec, names, "model" if name is None else f"models.{name}")
         if self.partition_bytes is None:
             object.__setattr__(self, "partition_bytes", config.get("partition-bytes"))
         if self.lock_timeout is None:
@@ -572,6 +601,15 @@ class JobSpec:
         if self.vocab is None and any(f.needs_table for f in fields):
             need = [f.name for f in fields if f.needs_table]
             raise SpecError(f"missing required key 'vocab' (fields {need} use mapping tables)")
+
+    @property
+    def named_models(self) -> tuple:
+        """``((name, ModelSpec), ...)``: the entries of ``models`` in their order, or
+        ``((None, model),)`` for a job's single ``model`` (whose columns keep their
+        names: ``score``, ``score_0..k-1`` or its ``outputs``)."""
+        if self.models is not None:
+            return tuple(self.models.items())
+        return ((None, self.model),)
 
     @classmethod
     def from_dict(cls, data, source: str = "<dict>") -> JobSpec:
@@ -603,6 +641,9 @@ class JobSpec:
         else:
             data, source = _read_yaml(str(job)), str(job)
         for key, value in (overrides or {}).items():
+            if key.split(".")[0] == "model" and data.get("models") is not None:
+                names = ", ".join(f"models.{n}.{key[6:]}" for n in data["models"]) or "models.<name>"
+                raise SpecError(f"--set {key}: this job names its models under models:; set {names}")
             set_dotted(data, key, value)
         return cls.from_dict(data, source)
 
@@ -610,15 +651,64 @@ class JobSpec:
         """The job as a mapping (``from_dict`` reads it back). ``redact`` hides the
         credentials in ``storage_options`` (see ``redact_secrets``): use it for every copy
         that is written to a file or printed."""
-        d = {k: getattr(self, k) for k in self.CHECKS if k not in ("fields", "model")}
+        d = {k: getattr(self, k) for k in self.CHECKS if k not in ("fields", "model", "models")}
         if redact:
             d["storage_options"] = redact_secrets(self.storage_options)
         d["input"] = list(self.input)
         d["id_columns"] = list(self.id_columns)
         d["fields"] = [f.to_dict() for f in self.fields]
-        d["model"] = self.model.to_dict()
+        if self.models is not None:
+            d["models"] = {name: spec.to_dict() for name, spec in self.models.items()}
+        else:
+            d["model"] = self.model.to_dict()
         d["csv"] = self.csv.to_dict() if self.csv else None
         return d
+
+
+# A model's name becomes a score column's name and a --set key (models.<name>.batch_size).
+_MODEL_NAME = re.compile(r"[^.\s]+")
+
+
+def parse_models(models) -> dict:
+    """``models`` (a mapping of name to model spec, or from Python a sequence of
+    ``(name, spec)`` pairs) as ``{name: ModelSpec}``; errors name ``models.<name>``."""
+    if isinstance(models, dict):
+        pairs = list(models.items())
+    elif isinstance(models, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in models):
+        pairs = [tuple(p) for p in models]
+    else:
+        raise SpecError(
+            f"models: expected a mapping of model name to model spec, like {{car: {{path: car.pt}}}}, "
+            f"got {_describe(models)}"
+        )
+    if not pairs:
+        raise SpecError(
+            "models: is empty; name at least one model, like {car: {path: car.pt}}, or use model: for one model"
+        )
+    out: dict = {}
+    for name, spec in pairs:
+        if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+            raise SpecError(
+                f"models: model name {name!r} is not a name; expected a non-empty string without dots or spaces "
+                "(it names the model's score columns)"
+            )
+        if name in out:
+            raise SpecError(f"models.{name}: the model name {name!r} is used twice; give each model its own name")
+        out[name] = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec, f"models.{name}")
+    return out
+
+
+def check_model_fields(spec: ModelSpec, names: list, where: str) -> None:
+    """``spec.fields`` names fields of the job (``names``), each once."""
+    if spec.fields is None:
+        return
+    if not spec.fields:
+        raise SpecError(f"{where}.fields: is empty; list the job's fields this model takes, or leave it out for all")
+    for i, name in enumerate(spec.fields):
+        if name not in names:
+            raise SpecError(f"{where}.fields[{i}]: no field is named {name!r}; the job's fields are {names}")
+        if name in spec.fields[:i]:
+            raise SpecError(f"{where}.fields[{i}]: field {name!r} is listed twice")
 
 
 def _read_yaml(path: str) -> dict:
@@ -626,20 +716,50 @@ def _read_yaml(path: str) -> dict:
 
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise SpecError(f"job file {path!r} does not exist") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
     return {} if data is None else data
+
+
+def _refuse_duplicate_keys(node, where: str = "") -> None:
+    """A key given twice in one YAML mapping is an error naming it (``models.car``):
+    YAML loaders keep the last silently, so a job naming two models ``car`` would
+    score with one of them."""
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}[{i}]")
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            path = f"{where}.{name}" if where else str(name)
+            if name is not None and name != "<<":
+                if name in seen:
+                    what = f"the model name {name!r} is used" if where == "models" else f"key {name!r} is given"
+                    raise SpecError(
+                        f"{path}: {what} twice (lines {seen[name] + 1} and {key.start_mark.line + 1}); YAML would "
+                        "keep only the last, so give each its own name"
+                    )
+                seen[name] = key.start_mark.line
+            _refuse_duplicate_keys(value, path)
 
 
 def set_dotted(data: dict, key: str, value) -> None:
     """``data[a][b] = value`` for ``key == "a.b"`` (``--set model.batch_size=4096``)."""
     parts = key.split(".")
     node = data
-    for p in parts[:-1]:
-        if isinstance(node.get(p), str) and p == "model":  # model: path shorthand
+    for i, p in enumerate(parts[:-1]):
+        shorthand = p == "model" if i == 0 else (i == 1 and parts[0] == "models")
+        if isinstance(node.get(p), str) and shorthand:  # model: path shorthand (also models.<name>: path)
             node[p] = {"path": node[p]}
         node = node.setdefault(p, {})
         if not isinstance(node, dict):

@@ -250,11 +250,8 @@ def format_table(table: dict, title: str) -> str:
 
 
 # ---------------------------------------------------------------- verify
-def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None) -> np.ndarray:
-    """Plain-Python encoding of ``table`` and the plainly loaded model on CPU: (rows, k)."""
-    import torch
-
-    from .model import Model
+def reference_arrays(job: JobSpec, table: pa.Table) -> dict:
+    """Plain-Python encoding of ``table``'s every field: {field name: array}."""
     from .vocab import Vocabulary
 
     vocab = Vocabulary.load(job.vocab, fields=job.fields, storage_options=job.storage_options) if job.vocab else None
@@ -268,11 +265,35 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
             t = vocab[f.name]
             mapping = dict(zip(t.column("token").to_pylist(), t.column("index").to_pylist()))
         arrays[f.name] = reference_encode(reference_values(table.column(f.column)), f, mapping)[0]
-    spec = dataclasses.replace(job.model, precision=precision or job.model.precision)
-    model = Model.load(spec, job.fields, device="cpu", storage_options=job.storage_options)
-    model.batch_size = 1024
+    return arrays
+
+
+def reference_scores(
+    job: JobSpec, table: pa.Table, precision: str | None = None, model: str | None = None, arrays: dict | None = None
+) -> np.ndarray:
+    """Plain-Python encoding of ``table`` (or ``arrays``, from ``reference_arrays``) and
+    the plainly loaded model on CPU: (rows, k). ``model``: which of the job's
+    ``models`` (by name; default the first, or the job's single ``model``), fed its
+    own fields in its order."""
+    import torch
+
+    from .model import Model
+
+    entries = dict(job.named_models)
+    if model not in entries:
+        if model is not None:
+            raise ValueError(f"the job has no model named {model!r}; its models are {list(entries)}")
+        model = next(iter(entries))
+    spec = entries[model]
+    arrays = reference_arrays(job, table) if arrays is None else arrays
+    fields = [f for f in job.fields if spec.fields is None or f.name in spec.fields]
+    if spec.fields is not None:  # its own order
+        fields.sort(key=lambda f: spec.fields.index(f.name))
+    spec = dataclasses.replace(spec, precision=precision or spec.precision)
+    loaded = Model.load(spec, fields, device="cpu", storage_options=job.storage_options)
+    loaded.batch_size = 1024
     with torch.inference_mode():
-        return model.predict(arrays)
+        return loaded.predict({f.name: arrays[f.name] for f in fields})
 
 
 def verify(
@@ -312,24 +333,40 @@ def verify(
     uniq, counts = np.unique(got_ids, return_counts=True)
     duplicated = int((counts > 1).sum())
     missing = int(len(np.setdiff1d(want_ids, uniq)))
-    names = report.model["outputs"]
     position = {int(r): i for i, r in enumerate(want_ids)}
     order = np.array([position[int(r)] for r in got_ids])
     precision = "fp32" if against == "fp32" else None
-    expected = reference_scores(spec, table, precision)[order]
-    got = np.stack([scored.column(c).to_numpy() for c in names], axis=1)
-    stats = diff_table(got - expected, missing, duplicated)
+    arrays = reference_arrays(spec, table)  # encoded once, for every model
+    diffs, models = [], {}
+    for name, model in spec.named_models:
+        ran = report.model if name is None else report.models[name]
+        expected = reference_scores(spec, table, precision, name, arrays)[order]
+        got = np.stack([scored.column(c).to_numpy() for c in ran["outputs"]], axis=1)
+        diffs.append((got - expected).ravel())
+        stats = diff_table(got - expected, missing, duplicated)
+        models[name] = {
+            "precision": model.precision,
+            "execution": ran["execution"],
+            "table": stats,
+            "passed": stats["max"] <= tolerance and not missing and not duplicated,
+        }
+    stats = diff_table(np.concatenate(diffs), missing, duplicated)
     passed = stats["max"] <= tolerance and not missing and not duplicated
+    first = next(iter(models.values()))
     result = {
         "job": spec.source,
         "sample": {"rows": int(table.num_rows), "seed": seed},
-        "against": "fp32 reference" if against == "fp32" else f"eager reference ({spec.model.precision})",
-        "precision": spec.model.precision,
-        "execution": report.model["execution"],
+        "against": "fp32 reference" if against == "fp32" else "eager reference",
+        "precision": first["precision"],
+        "execution": first["execution"],
         "tolerance": tolerance,
-        "table": stats,
+        "table": stats,  # with models: every model's columns together
         "passed": passed,
     }
+    if spec.models is not None:  # a table per model
+        result["models"] = models
+    else:
+        result["against"] += "" if against == "fp32" else f" ({spec.model.precision})"
     out.write_json("verify.json", result)
     return result
 
@@ -345,17 +382,35 @@ def _read_scores(out) -> pa.Table:
 
 
 def format_result(result: dict) -> str:
-    title = (
-        f"dscore verify: {result['sample']['rows']:,} sampled rows (seed {result['sample']['seed']}), pipeline "
-        f"({'; '.join(result['execution'])}, {result['precision']}) against the {result['against']}"
-    )
+    """The diff table; with ``models``, one table per model, then the verdict on all."""
+    sampled = f"{result['sample']['rows']:,} sampled rows (seed {result['sample']['seed']})"
     verdict = "PASS" if result["passed"] else "FAIL"
-    return (
-        format_table(result["table"], title)
-        + f"\n  {verdict}: max |diff| {result['table']['max']:.2e} {'<=' if result['passed'] else '>'} tolerance {result['tolerance']:.0e}"
+    tail = (
+        f"\n  {verdict}: max |diff| {result['table']['max']:.2e} {'<=' if result['passed'] else '>'} "
+        f"tolerance {result['tolerance']:.0e}"
     )
+    if "models" in result:
+        tables = [
+            format_table(
+                m["table"],
+                f"model {name}: pipeline ({'; '.join(m['execution'])}, {m['precision']}) against the "
+                f"{result['against']}" + ("" if m["passed"] else "  FAIL"),
+            )
+            for name, m in result["models"].items()
+        ]
+        return (
+            f"dscore verify: {sampled}, {len(tables)} models\n"
+            + "\n".join(tables)
+            + tail.replace("max |diff|", "every model's max |diff|")
+        )
+    title = (
+        f"dscore verify: {sampled}, pipeline ({'; '.join(result['execution'])}, {result['precision']}) against the "
+        f"{result['against']}"
+    )
+    return format_table(result["table"], title) + tail
 
 
 __all__ = [
-    "diff_table", "format_result", "reference_encode", "reference_keys", "reference_values", "sample", "verify", "xxh64",
+    "diff_table", "format_result", "reference_arrays", "reference_encode", "reference_keys", "reference_scores",
+    "reference_values", "sample", "verify", "xxh64",
 ]  # fmt: skip

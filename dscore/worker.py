@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 class Runtime:
     """Per-process caches keyed by fingerprint: a changed file is a new key, so it
-    is reloaded; only the newest model and tables are kept."""
+    is reloaded; only the newest job's models (every one of them) and the newest
+    tables are kept."""
 
     def __init__(self, torch_threads: int | None = None):
         self.torch_threads = torch_threads
@@ -53,35 +54,50 @@ class Runtime:
 
     def encode_device(self, task) -> str:
         """Where this worker encodes ``task``'s rows (``encoding.resolve_encode_device``);
-        ``auto`` needs the model's device, so it loads the model."""
+        ``auto`` needs the models' devices, so it loads them: the GPU of the first model
+        on CUDA, else the first model's device (the fields are encoded once for all)."""
         from .encoding import resolve_encode_device
 
         requested = task.encode_device
         if requested == "cpu":
             return "cpu"
-        device = resolve_encode_device(requested, self.model(task).device)
+        devices = [str(self.model(task, m).device) for m in task.models]
+        device = resolve_encode_device(requested, next((d for d in devices if d.startswith("cuda")), devices[0]))
         if device != "cpu":
             self.gpu_encode = True
         return device
 
-    def model(self, task):
+    @staticmethod
+    def _key(task, entry) -> tuple:
+        return (entry.name, json.dumps(entry.spec.to_dict(), sort_keys=True), entry.fingerprint, entry.fields,
+                tuple(entry.field_specs(task.fields)))  # fmt: skip
+
+    def model(self, task, entry=None):
+        """The loaded model of ``entry`` (one of ``task.models``; default the first).
+        Loading a model that is not one of ``task``'s drops the models of other jobs."""
         from .model import Model
 
-        key = (json.dumps(task.model.to_dict(), sort_keys=True), task.model_fp, task.fields)
+        entry = entry or task.models[0]
+        key = self._key(task, entry)
         with self._lock:
             if key not in self.models:
-                self.models.clear()
+                keep = {self._key(task, m) for m in task.models}
+                for old in [k for k in self.models if k not in keep]:
+                    del self.models[old]
                 self.models[key] = Model.load(
-                    task.model, task.fields, storage_options=task.storage_options, expect=task.model_fp
-                )
+                    entry.spec, entry.field_specs(task.fields), storage_options=task.storage_options,
+                    expect=entry.fingerprint,
+                )  # fmt: skip
                 self.loads["model"] += 1
-                log.info("loaded model %s (%s) on %s", task.model.path, task.model_fp, self.models[key].device)
+                log.info("loaded %s %s (%s) on %s", entry.where, entry.spec.path, entry.fingerprint,
+                         self.models[key].device)  # fmt: skip
             return self.models[key]
 
-    def ready_model(self, task, arrays):
-        """``model(task)``, its batch size and execution mode chosen on these real rows
-        the first time (``dscore.optimize.prepare``)."""
-        model = self.model(task)
+    def ready_model(self, task, arrays, entry=None):
+        """``model(task, entry)``, its batch size and execution mode chosen on these real
+        rows the first time (``dscore.optimize.prepare``), on its own: each model of a
+        job is tuned separately."""
+        model = self.model(task, entry)
         if not model.prepared:
             with self._lock:
                 if not model.prepared:
@@ -118,8 +134,8 @@ class Runtime:
             return self.vocabs[key]
 
     def warm(self, task, piece) -> None:
-        """Load ``task``'s tables and model, compile the encode kernels for its input's
-        Arrow types and choose the model's batch size and mode on ``piece``'s first rows,
+        """Load ``task``'s tables and models, compile the encode kernels for its input's
+        Arrow types and choose each model's batch size and mode on ``piece``'s first rows,
         before any task asks: run in a thread as soon as the worker exists, while the
         client still plans. Fingerprints missing from ``task`` are computed here; the
         job's tasks bring the client's, and find these loads when they agree.
@@ -134,16 +150,23 @@ class Runtime:
 
         t0 = time.perf_counter()
         try:
-            if task.model_fp is None:
-                task = dataclasses.replace(task, model_fp=fingerprint(task.model.path, task.storage_options))
+            models = tuple(
+                m
+                if m.fingerprint
+                else dataclasses.replace(m, fingerprint=fingerprint(m.spec.path, task.storage_options))
+                for m in task.models
+            )
+            task = dataclasses.replace(task, models=models)
             vocab = self.vocab(task)
-            model = self.model(task)
+            loaded = [self.model(task, m) for m in models]
             table = _head(task, piece, config.get("tune.rows"))
             if table is not None:
                 arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
-                self.ready_model(task, arrays)
-            log.info("dscore worker warm in %.1fs: model on %s, batch %d, mode %s", time.perf_counter() - t0,
-                     model.device, model.batch_size, model.mode)  # fmt: skip
+                for m in models:
+                    self.ready_model(task, {n: arrays[n] for n in m.fields}, m)
+            log.info("dscore worker warm in %.1fs: %s", time.perf_counter() - t0, "; ".join(
+                f"{e.where} on {m.device}, batch {m.batch_size}, mode {m.mode}" for e, m in zip(models, loaded)
+            ))  # fmt: skip
         except Exception as e:  # noqa: BLE001 - see the docstring
             log.info("dscore worker warm-up stopped (the first task will retry): %s: %s", type(e).__name__, e)
 

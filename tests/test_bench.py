@@ -100,3 +100,18 @@ def test_bench_models_cli(tmp_path):
         assert 0 < m["serial_ceiling"] < min(res["read_only"]["rows_per_s"], res["encode_only"]["rows_per_s"])
     two = res["models"][-1]["dscore"]["report"]
     assert two["model"]["outputs"] == ["score_0", "score_1"]
+
+
+def test_bench_multi_model(tmp_path):
+    """``dscore bench --multi-model``'s figures on a few rows: one job with two models
+    against a job for each, in one run (their values are not checked)."""
+    res = bench.multi_model(str(tmp_path / "w"), 10_000, bench.Layout(1, 2, 1))
+    assert res["models"] == ["masked_mean", "two_output"]
+    assert set(res["together"]["execution"]) == {"masked_mean", "two_output"}
+    assert [r["model"] for r in res["separate"]] == ["masked_mean", "two_output"]
+    assert all(r["rows_per_s"] > 0 for r in [res["together"], *res["separate"], res["separate_total"]])
+    assert res["ratio"] == res["together"]["rows_per_s"] / res["separate_total"]["rows_per_s"]
+    text = bench.format_multi_model(res)
+    assert "one job, models: masked_mean, two_output" in text and "x the separate jobs" in text
+    out = pq.read_table(str(tmp_path / "w" / "scores-multi"))
+    assert out.column_names == ["user_id", "masked_mean", "two_output_0", "two_output_1"] and out.num_rows == 10_000

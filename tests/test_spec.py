@@ -184,6 +184,7 @@ def test_yaml_file_and_overrides(tmp_path):
 
 
 def test_secrets_are_redacted_where_jobs_are_written_or_shown():
+    from dscore import plan
     from dscore.plan import TaskSpec
     from dscore.spec import redact_secrets
 
@@ -203,7 +204,7 @@ def test_secrets_are_redacted_where_jobs_are_written_or_shown():
     job = JobSpec.from_dict({**JOB, "storage_options": so})
     assert job.to_dict()["storage_options"] == so  # the round trip keeps them
     assert job.to_dict(redact=True)["storage_options"] == redact_secrets(so)
-    task = TaskSpec(job.fields, job.model, "fp", None, None, (), storage_options=so)
+    task = TaskSpec(job.fields, plan.model_tasks(job), None, None, (), storage_options=so)
     for shown in (repr(job), repr(task)):
         assert "AKIAFAKE" not in shown and "s3cr3t" not in shown
     with pytest.raises(
@@ -254,3 +255,80 @@ def test_partition_bytes_default_is_read_from_the_config():
     with dask.config.set({"dscore.partition-bytes": "8MiB"}):
         assert JobSpec.from_dict(JOB).partition_bytes == "8MiB"
     assert JobSpec.from_dict({**JOB, "partition_bytes": 1000}).partition_bytes == 1000  # the job file wins
+
+
+# ---------------------------------------------------------------- several models (models:)
+MODELS = {k: v for k, v in JOB.items() if k != "model"}
+
+
+def test_models_roundtrip_and_overrides(tmp_path):
+    import yaml
+
+    job = JobSpec.from_dict({**MODELS, "models": {"car": "car.pt", "house": {"path": "h.onnx", "batch_size": 1024,
+                                                                             "fields": ["campaigns"]}}})  # fmt: skip
+    assert job.model is None and list(job.models) == ["car", "house"]
+    assert job.models["car"] == ModelSpec("car.pt") and job.models["house"].fields == ("campaigns",)
+    assert [n for n, _ in job.named_models] == ["car", "house"]
+    assert JobSpec.from_dict(job.to_dict()) == job
+    assert "model" not in job.to_dict() and "fields" not in job.to_dict()["models"]["car"]
+    assert JobSpec.from_dict(JOB).named_models == ((None, JobSpec.from_dict(JOB).model),)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job.to_dict()))
+    over = JobSpec.load(str(path), parse_set(["models.house.batch_size=4096", "models.car.threads=2"]))
+    assert over.models["house"].batch_size == 4096 and over.models["car"].threads == 2
+    short = {**MODELS, "models": {"car": "car.pt"}}
+    assert JobSpec.load(short, {"models.car.batch_size": 64}).models["car"] == ModelSpec("car.pt", batch_size=64)
+    assert JobSpec.load(job, {"models.car.batch_size": 64}).models["car"].batch_size == 64  # from a JobSpec too
+    with pytest.raises(SpecError, match=r"^--set model.batch_size: this job names its models under models:; set "
+                                        r"models.car.batch_size, models.house.batch_size$"):  # fmt: skip
+        JobSpec.load(job, {"model.batch_size": 64})
+
+
+@pytest.mark.parametrize(
+    "models, match",
+    [
+        ({}, r"^j.yaml: models: is empty; name at least one model"),
+        ([], r"^j.yaml: models: is empty"),
+        ("car.pt", r"^j.yaml: models: expected a mapping of model name to model spec, like \{car: \{path: car.pt\}\}"),
+        ({"car": {"path": "c.pt", "batch_size": "big"}},
+         r"^j.yaml: models.car.batch_size: expected a positive integer or 'auto', got 'big' \(str\)$"),
+        ({"car": {"path": "c.pt", "batchsize": 3}}, r"^j.yaml: unknown key 'models.car.batchsize'; allowed keys: path,"),
+        ({"car": {"batch_size": 3}}, r"^j.yaml: missing required key 'models.car.path'$"),
+        ({"car": {"path": "c.pt", "fields": ["apps", "app"]}},
+         r"^j.yaml: models.car.fields\[1\]: no field is named 'app'; the job's fields are \['apps', 'campaigns'\]$"),
+        ({"car": {"path": "c.pt", "fields": ["apps", "apps"]}}, r"^j.yaml: models.car.fields\[1\]: field 'apps' is listed twice$"),
+        ({"car": {"path": "c.pt", "fields": []}}, r"^j.yaml: models.car.fields: is empty"),
+        ({"car": {"path": "c.pt", "fields": [3]}}, r"^j.yaml: models.car.fields: expected a list of strings, got \[3\]"),
+        ({"a.b": "c.pt"}, r"^j.yaml: models: model name 'a.b' is not a name; expected a non-empty string without dots"),
+        ({"": "c.pt"}, r"^j.yaml: models: model name '' is not a name"),
+        ([("car", "c.pt"), ("car", "d.pt")], r"^j.yaml: models.car: the model name 'car' is used twice"),
+    ],
+)  # fmt: skip
+def test_models_errors_name_the_key(models, match):
+    with pytest.raises(SpecError, match=match):
+        JobSpec.from_dict({**MODELS, "models": models}, "j.yaml")
+
+
+def test_model_and_models_and_neither():
+    with pytest.raises(SpecError, match=r"^j.yaml: model and models are both given; a job names one model"):
+        JobSpec.from_dict({**JOB, "models": {"car": "c.pt"}}, "j.yaml")
+    with pytest.raises(SpecError, match=r"^j.yaml: missing required key 'model' \(or 'models', a mapping of model"):
+        JobSpec.from_dict(MODELS, "j.yaml")
+    with pytest.raises(SpecError, match=r"^model.fields\[0\]: no field is named 'x'"):
+        JobSpec(**{**MODELS, "input": ["data/"], "model": ModelSpec("m.pt", fields=["x"])})
+    # the Python API: a name used twice in a sequence of pairs
+    with pytest.raises(SpecError, match=r"^models.car: the model name 'car' is used twice"):
+        JobSpec(**{**MODELS, "models": [("car", ModelSpec("c.pt")), ("car", "d.pt")]})
+
+
+def test_a_key_given_twice_in_a_job_file_names_it(tmp_path):
+    text = "\n".join([
+        "input: data/", "output: out/", "fields: [{name: a, buckets: 5}]",
+        "models:", "  car: {path: car.pt}", "  house: house.pt", "  car: {path: other.pt}",
+    ])  # fmt: skip
+    (tmp_path / "j.yaml").write_text(text)
+    with pytest.raises(SpecError, match=r"j.yaml: models.car: the model name 'car' is used twice \(lines 5 and 7\)"):
+        JobSpec.load(str(tmp_path / "j.yaml"))
+    (tmp_path / "k.yaml").write_text("input: data/\noutput: out/\ninput: other/\n")
+    with pytest.raises(SpecError, match=r"k.yaml: input: key 'input' is given twice \(lines 1 and 3\)"):
+        JobSpec.load(str(tmp_path / "k.yaml"))

@@ -183,11 +183,13 @@ def test_missing_table_and_directory(tmp_path):
 
 def test_tables_changed_while_the_job_runs(tmp_path):
     from dscore.pipeline import TaskSpec
+    from dscore.plan import ModelTask
     from dscore.spec import ModelSpec
     from dscore.worker import Runtime
 
     Vocabulary({"f": table(["a"], [2])}).save(str(tmp_path))
-    task = TaskSpec((Field("f"),), ModelSpec("m.pt"), "fp", str(tmp_path), "the job's fingerprint", ())
+    task = TaskSpec((Field("f"),), (ModelTask(None, ModelSpec("m.pt"), "fp", ("f",)),), str(tmp_path),
+                    "the job's fingerprint", ())  # fmt: skip
     with pytest.raises(VocabError, match=r"mapping tables in '.*' changed while the job was running; rerun with"):
         Runtime().vocab(task)
 
