@@ -280,15 +280,14 @@ def diff_check(job: dict, devices: Devices, n: int, variants=("fp32", "tf32", "b
     if any(bad.values()) or got_stats != want_stats:
         raise AssertionError("GPU encoding differs from CPU encoding")
 
-    cpu_task = dataclasses.replace(
-        plan.task, model=dataclasses.replace(plan.task.model, device="cpu"), encode_device="cpu"
-    )
+    cpu_task = dataclasses.replace(plan.task.with_models(device="cpu"), encode_device="cpu")
     cpu = pipeline.score_table(table, cpu_task, worker.Runtime())
     reference, cpu_exec = cpu.table, cpu.execution
     names = [c for c in reference.column_names if c not in spec.id_columns]
     for variant in variants:
-        model = dataclasses.replace(plan.task.model, device=devices.model, **VARIANTS[variant])
-        task = dataclasses.replace(plan.task, model=model, encode_device=devices.encode)
+        task = dataclasses.replace(
+            plan.task.with_models(device=devices.model, **VARIANTS[variant]), encode_device=devices.encode
+        )
         rt = worker.Runtime()
         result = pipeline.score_table(table, task, rt)
         scored, execution = result.table, result.execution

@@ -131,6 +131,11 @@ class TaskSpec:
         """The first (for a job's single ``model``: the) model's spec."""
         return self.models[0].spec
 
+    def with_models(self, **changes) -> TaskSpec:
+        """A copy whose every model's spec has ``changes`` (``device="cpu"``...)."""
+        models = tuple(dataclasses.replace(m, spec=dataclasses.replace(m.spec, **changes)) for m in self.models)
+        return dataclasses.replace(self, models=models)
+
     @property
     def model_fp(self) -> str | None:
         """The first (for a job's single ``model``: the) model's fingerprint."""

@@ -176,7 +176,7 @@ def test_score_table_with_gpu_encoding_equals_the_cpu_path(tiny_job):
     from dscore.spec import JobSpec
 
     plan = plan_job(JobSpec.from_dict(tiny_job))
-    cpu = dataclasses.replace(plan.task, model=dataclasses.replace(plan.task.model, device="cpu"), encode_device="cpu")
+    cpu = dataclasses.replace(plan.task.with_models(device="cpu"), encode_device="cpu")
     gpu = dataclasses.replace(plan.task, encode_device="cuda")
     table = pq.read_table(tiny_job["input"])
     rt = worker.Runtime()
