@@ -25,6 +25,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -61,12 +62,19 @@ def require_device() -> None:
     )
 
 
+# Numba's simulator runs one kernel at a time in a process ("concurrent simulated kernel
+# not supported"), and a GPU worker's two threads both encode: under it they take turns.
+_SIMULATOR_TURN = threading.Lock() if numba.config.ENABLE_CUDASIM else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
 def on(device: str):
     """The numba context for ``device``, checked: ``"cuda"`` is whatever is current on this
     thread (torch's current device, as for a model on ``"cuda"``; else GPU 0), ``"cuda:N"`` GPU N."""
     require_device()  # the clear error, before numba's own for cuda.gpus
     _, _, n = str(device).partition(":")
-    return cuda.gpus[int(n)] if n else contextlib.nullcontext()
+    with _SIMULATOR_TURN, cuda.gpus[int(n)] if n else contextlib.nullcontext():
+        yield
 
 
 def _setting(key: str, lo: int, hi: int) -> int:
