@@ -166,7 +166,7 @@ def _encode_piece(piece, task) -> tuple:
     vocab = rt.vocab(task)
     encode_table(table.slice(0, 1), task.fields, vocab)
     t = time.perf_counter()
-    encode_table(table, task.fields, vocab, buffers=rt.buffers)
+    encode_table(table, task.fields, vocab, buffers=rt.buffers, inputs=task.model.inputs)
     return table.num_rows, time.perf_counter() - t
 
 
@@ -257,7 +257,7 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     pre-encoded rows, and the max |diff| against the variant's reference (``_reference``)
     at batch 8192. ``variants`` maps a name to job keys (default: ``_variants(job)``)."""
     from . import optimize
-    from .encoding import encode
+    from .encoding import encode_table
     from .model import Model, ModelError, set_threads
     from .spec import JobSpec
     from .vocab import Vocabulary
@@ -266,16 +266,21 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     set_threads(torch_threads)
     variants = variants if variants is not None else _variants(job)
     spec = JobSpec.load(job)
-    arrays = encode(_first_rows(spec, rows), spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
+    table, vocab = _first_rows(spec, rows), Vocabulary.load(spec.vocab, fields=spec.fields)
     models = {v: JobSpec.load(job, keys).model for v, keys in variants.items()}
+    kinds = {m.inputs for m in models.values()}  # model.inputs: the encodings the models take
+    encoded = {inputs: encode_table(table, spec.fields, vocab, inputs=inputs)[0] for inputs in sorted(kinds)}
     references: dict = {}
     here = {"pid": os.getpid(), "malloc_tuned": malloc_tuned()}
     out = []
     for variant, mode, batch in plan:
         ref = _reference(variant)
         if ref not in references:
-            references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(arrays, 8192)
+            references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(
+                encoded[models[ref].inputs], 8192
+            )
         entry = {"variant": variant, "mode": mode, "batch": batch, **here}
+        arrays = encoded[models[variant].inputs]  # model.inputs: padded or jagged
         try:
             model = Model.load(models[variant], spec.fields, device="cpu")
         except ModelError as e:  # an ONNX model without ONNX Runtime installed, say

@@ -62,7 +62,9 @@ def _score_table(table: pa.Table, task: TaskSpec, rt) -> Scored:
     t0 = time.perf_counter()
     device = rt.encode_device(task)  # "auto" asks the model's device: may load it
     t1 = time.perf_counter()
-    arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers_for(device), device=device)
+    arrays, stats = encode_table(
+        table, task.fields, vocab, buffers=rt.buffers_for(device), device=device, inputs=task.model.inputs
+    )
     t2 = time.perf_counter()
     model = rt.ready_model(task, arrays)
     t3 = time.perf_counter()

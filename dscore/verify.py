@@ -254,6 +254,7 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
     """Plain-Python encoding of ``table`` and the plainly loaded model on CPU: (rows, k)."""
     import torch
 
+    from .jagged import Jagged
     from .model import Model
     from .vocab import Vocabulary
 
@@ -268,6 +269,8 @@ def reference_scores(job: JobSpec, table: pa.Table, precision: str | None = None
             t = vocab[f.name]
             mapping = dict(zip(t.column("token").to_pylist(), t.column("index").to_pylist()))
         arrays[f.name] = reference_encode(reference_values(table.column(f.column)), f, mapping)[0]
+        if job.model.inputs == "jagged":  # the same rows without their padding
+            arrays[f.name] = Jagged.from_padded(arrays[f.name])
     spec = dataclasses.replace(job.model, precision=precision or job.model.precision)
     model = Model.load(spec, job.fields, device="cpu", storage_options=job.storage_options)
     model.batch_size = 1024

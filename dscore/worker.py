@@ -140,7 +140,9 @@ class Runtime:
             model = self.model(task)
             table = _head(task, piece, config.get("tune.rows"))
             if table is not None:
-                arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
+                arrays, _ = encode_table(
+                    table, task.fields, vocab, device=self.encode_device(task), inputs=task.model.inputs
+                )
                 self.ready_model(task, arrays)
             log.info("dscore worker warm in %.1fs: model on %s, batch %d, mode %s", time.perf_counter() - t0,
                      model.device, model.batch_size, model.mode)  # fmt: skip
