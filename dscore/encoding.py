@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DscoreError, JobError, SpecError
-from .jagged import Jagged
+from .jagged import Jagged, jagged_buffers
 from .kernel_args import (
     EMPTY_LOOKUP,
     NO_ROWS,
@@ -237,7 +237,7 @@ class _CPU:
     def jagged_output(buffers, field: Field, rows: int) -> tuple:
         """``(values, offsets)`` for a field's jagged rows: room for ``rows * max_len``
         int32 values (only the part written is ever touched) and ``rows + 1`` offsets."""
-        return _jagged_buffers(buffers, field, rows, lambda n: np.empty(n, dtype=np.int32))
+        return jagged_buffers(buffers, field, rows, lambda n: np.empty(n, dtype=np.int32))
 
     @staticmethod
     def encode_rows(rows, spec: KernelSpec, sep, buckets, lk, uni, out, row_tokens, counts, bad) -> None:
@@ -249,20 +249,6 @@ class _CPU:
 
     gather_rows = staticmethod(cpu.gather_rows)
     gather_rows_jagged = staticmethod(cpu.gather_rows_jagged)
-
-
-def _jagged_buffers(buffers, field: Field, rows: int, empty) -> tuple:
-    """``(values, offsets)`` for ``rows`` jagged rows: ``values`` from ``empty(n)`` (host or
-    device memory) with room for ``rows * max_len``, ``offsets`` host int64 ``rows + 1``;
-    reused from ``buffers`` (under ``(name, "jagged")``) when big enough."""
-    cap = max(rows * field.max_len, 1)
-    key = (field.name, "jagged")
-    got = buffers.get(key) if buffers is not None else None
-    if got is None or got[0].shape[0] < cap or got[1].shape[0] < rows + 1:
-        got = (empty(cap), np.empty(rows + 1, dtype=np.int64))
-        if buffers is not None:
-            buffers[key] = got
-    return got[0], got[1][: rows + 1]
 
 
 def check_fields(fields: Sequence[Field]) -> None:

@@ -30,6 +30,7 @@ from numba import cuda
 
 from . import config
 from .errors import JobError, SpecError
+from .jagged import jagged_buffers
 from .kernel_args import NO_ROWS, KernelSpec
 from .kernels import cuda as kc
 from .kernels.walk import LIST
@@ -230,10 +231,8 @@ def empty(shape, dtype):
 
 def jagged_output(buffers, field: Field, rows: int) -> tuple:
     """``(values, offsets)`` for a field's jagged rows: device int32 values with room
-    for ``rows * max_len``, host int64 offsets (see ``encoding._jagged_buffers``)."""
-    from .encoding import _jagged_buffers
-
-    return _jagged_buffers(buffers, field, rows, lambda n: cuda.device_array(n, dtype=np.int32))
+    for ``rows * max_len``, host int64 offsets (see ``jagged.jagged_buffers``)."""
+    return jagged_buffers(buffers, field, rows, lambda n: cuda.device_array(n, dtype=np.int32))
 
 
 def encode_rows_jagged(rows, spec: KernelSpec, sep, buckets, lk, uni, values, offsets, counts, bad) -> None:

@@ -67,4 +67,19 @@ class Jagged:
         return cls(np.ascontiguousarray(matrix[keep], dtype=np.int32), offsets)
 
 
-__all__ = ["Jagged"]
+def jagged_buffers(buffers, field, rows: int, empty) -> tuple:
+    """``(values, offsets)`` for ``rows`` jagged rows of ``field``: ``values`` from
+    ``empty(n)`` (host or device memory) with room for ``rows * max_len`` (the most that
+    can be kept), ``offsets`` host int64 ``rows + 1``; reused from ``buffers`` (a dict
+    the caller keeps, key ``(name, "jagged")``) when big enough."""
+    cap = max(rows * field.max_len, 1)
+    key = (field.name, "jagged")
+    got = buffers.get(key) if buffers is not None else None
+    if got is None or got[0].shape[0] < cap or got[1].shape[0] < rows + 1:
+        got = (empty(cap), np.empty(rows + 1, dtype=np.int64))
+        if buffers is not None:
+            buffers[key] = got
+    return got[0], got[1][: rows + 1]
+
+
+__all__ = ["Jagged", "jagged_buffers"]
