@@ -41,7 +41,7 @@ def check_jagged(values, field, layout, seed):
     return got
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), field=fields())
 @example(data=None, field=Field("f", kind="delimited", max_len=3)).via("pinned: separators at the ends and doubled")
 def test_jagged_encode_matches_naive(data, field):
@@ -129,8 +129,7 @@ def padded():
     return out
 
 
-@pytest.mark.parametrize("form", ["torchscript", "eager"])
-@pytest.mark.parametrize("call", ["positional", "keyword"])
+@pytest.mark.parametrize("form, call", [("torchscript", "positional"), ("eager", "keyword")])
 def test_embedding_bag_jagged_equals_padded_masked_mean(exported, padded, form, call):
     jagged = {n: Jagged.from_padded(a) for n, a in padded.items()}
     bag = exported["embedding_bag_jagged"]
