@@ -164,7 +164,7 @@ def _encode_piece(piece, task) -> tuple:
     fs, _ = io.url_to_fs(piece.url, task.storage_options)
     table = io.read_piece(fs, piece, task.columns)
     vocab = rt.vocab(task)
-    encode_table(table.slice(0, 1), task.fields, vocab)
+    encode_table(table.slice(0, 1), task.fields, vocab, inputs=task.model.inputs)
     t = time.perf_counter()
     encode_table(table, task.fields, vocab, buffers=rt.buffers, inputs=task.model.inputs)
     return table.num_rows, time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Fields of Arrow tables -> int32 index matrices: type checks, the encode loop, statistics.
+"""Fields of Arrow tables -> int32 index matrices (or jagged rows): type checks, the encode loop, statistics.
 
 ``encode(table, fields, vocab)`` is the public entry point; ``encode_table`` also
 returns the per-field counts the job report shows, and encodes on the CPU or, with
