@@ -164,16 +164,16 @@ def _encode_piece(piece, task) -> tuple:
     tables and reused buffers), after an untimed one-row warm-up that loads the
     kernels."""
     from . import io
-    from .encoding import encode_table
+    from .encoding import encode_forms
     from .worker import runtime
 
     rt = runtime()
     fs, _ = io.url_to_fs(piece.url, task.storage_options)
     table = io.read_piece(fs, piece, task.columns)
     vocab = rt.vocab(task)
-    encode_table(table.slice(0, 1), task.fields, vocab)
+    encode_forms(table.slice(0, 1), task.forms, vocab)
     t = time.perf_counter()
-    encode_table(table, task.fields, vocab, buffers=rt.buffers)
+    encode_forms(table, task.forms, vocab, buffers=rt.buffers)
     return table.num_rows, time.perf_counter() - t
 
 
@@ -264,7 +264,7 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     pre-encoded rows, and the max |diff| against the variant's reference (``_reference``)
     at batch 8192. ``variants`` maps a name to job keys (default: ``_variants(job)``)."""
     from . import optimize
-    from .encoding import encode
+    from .encoding import encode_table
     from .model import Model, ModelError, set_threads
     from .spec import JobSpec
     from .vocab import Vocabulary
@@ -273,16 +273,21 @@ def _modes_in_process(job: str, plan: list, rows: int, seconds: float, torch_thr
     set_threads(torch_threads)
     variants = variants if variants is not None else _variants(job)
     spec = JobSpec.load(job)
-    arrays = encode(_first_rows(spec, rows), spec.fields, Vocabulary.load(spec.vocab, fields=spec.fields))
+    table, vocab = _first_rows(spec, rows), Vocabulary.load(spec.vocab, fields=spec.fields)
     models = {v: JobSpec.load(job, keys).model for v, keys in variants.items()}
+    kinds = {m.inputs for m in models.values()}  # model.inputs: the encodings the models take
+    encoded = {inputs: encode_table(table, spec.fields, vocab, inputs=inputs)[0] for inputs in sorted(kinds)}
     references: dict = {}
     here = {"pid": os.getpid(), "malloc_tuned": malloc_tuned()}
     out = []
     for variant, mode, batch in plan:
         ref = _reference(variant)
         if ref not in references:
-            references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(arrays, 8192)
+            references[ref] = Model.load(models[ref], spec.fields, device="cpu").predict(
+                encoded[models[ref].inputs], 8192
+            )
         entry = {"variant": variant, "mode": mode, "batch": batch, **here}
+        arrays = encoded[models[variant].inputs]  # model.inputs: padded or jagged
         try:
             model = Model.load(models[variant], spec.fields, device="cpu")
         except ModelError as e:  # an ONNX model without ONNX Runtime installed, say

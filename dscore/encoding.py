@@ -1,4 +1,4 @@
-"""Fields of Arrow tables -> int32 index matrices: type checks, the encode loop, statistics.
+"""Fields of Arrow tables -> int32 index matrices (or jagged rows): type checks, the encode loop, statistics.
 
 ``encode(table, fields, vocab)`` is the public entry point; ``encode_table`` also
 returns the per-field counts the job report shows, and encodes on the CPU or, with
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DscoreError, JobError, SpecError
+from .jagged import Jagged, jagged_buffers
 from .kernel_args import (
     EMPTY_LOOKUP,
     NO_ROWS,
@@ -35,7 +36,7 @@ from .kernel_args import (
 from .kernels import cpu
 from .kernels.unicode import tables as unicode_tables
 from .numeric import NumericSizeError, check_numeric_type, numeric_matrix
-from .spec import ENCODE_DEVICES, Field
+from .spec import ENCODE_DEVICES, MODEL_INPUTS, Field
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +181,23 @@ def _decodes(b: bytes) -> bool:
 def _encode_array(arr, field, buckets, lk, uni, out, counts, device) -> int:
     """Encode the chunk ``arr`` into ``out`` with ``device``'s kernels (``_CPU`` or
     ``dscore.encoding_cuda``); return its first row that holds invalid UTF-8 where the
-    field fails on it (``out`` is then incomplete), else -1."""
+    field fails on it (``out`` is then incomplete), else -1.
+
+    ``out`` is the chunk's rows of the padded matrix, or for jagged rows the pair
+    ``(values, offsets)``: the whole values buffer and the chunk's ``rows + 1``
+    offsets, whose first the chunk before wrote (see ``cpu.encode_rows_jagged``)."""
     spec, sep = KernelSpec.of(field), separator(field)
+    jagged = isinstance(out, tuple)
+    if jagged:  # no padding: dictionary entries' rows are read from the left
+        spec = spec._replace(pad_left=0)
     bad = np.full(1, -1, dtype=np.int64)
     if pa.types.is_null(arr.type):  # all padding, no tokens: what the kernels write for null cells
         arr = pa.nulls(len(arr), pa.string())
     if not pa.types.is_dictionary(arr.type):
-        device.encode_rows(row_buffers(arr), spec, sep, buckets, lk, uni, out, NO_ROWS, counts, bad)
+        if jagged:
+            device.encode_rows_jagged(row_buffers(arr), spec, sep, buckets, lk, uni, *out, counts, bad)
+        else:
+            device.encode_rows(row_buffers(arr), spec, sep, buckets, lk, uni, out, NO_ROWS, counts, bad)
         return int(bad[0])
     # A dictionary column: encode its entries, then gather them row by row.
     entries = dictionary_strings(arr)
@@ -201,7 +212,10 @@ def _encode_array(arr, field, buckets, lk, uni, out, counts, device) -> int:
             return row
         # only unused entries are invalid: what they encode to is never read
         device.encode_rows(rows, spec.replacing(), sep, buckets, lk, uni, dict_out, dict_tokens, entry_counts, bad)
-    device.gather_rows(dictionary_codes(arr), *validity(arr), dict_out, dict_tokens, out, counts)
+    if jagged:
+        device.gather_rows_jagged(dictionary_codes(arr), *validity(arr), dict_out, dict_tokens, *out, counts)
+    else:
+        device.gather_rows(dictionary_codes(arr), *validity(arr), dict_out, dict_tokens, out, counts)
     return -1
 
 
@@ -220,10 +234,21 @@ class _CPU:
         return buf[:rows]
 
     @staticmethod
+    def jagged_output(buffers, field: Field, rows: int) -> tuple:
+        """``(values, offsets)`` for a field's jagged rows: room for ``rows * max_len``
+        int32 values (only the part written is ever touched) and ``rows + 1`` offsets."""
+        return jagged_buffers(buffers, field, rows, lambda n: np.empty(n, dtype=np.int32))
+
+    @staticmethod
     def encode_rows(rows, spec: KernelSpec, sep, buckets, lk, uni, out, row_tokens, counts, bad) -> None:
         cpu.ENCODE_ROWS[spec.kind](*rows, tuple(spec), sep, buckets, lk, uni, out, row_tokens, counts, bad)
 
+    @staticmethod
+    def encode_rows_jagged(rows, spec: KernelSpec, sep, buckets, lk, uni, values, offsets, counts, bad) -> None:
+        cpu.ENCODE_ROWS_JAGGED[spec.kind](*rows, tuple(spec), sep, buckets, lk, uni, values, offsets, counts, bad)
+
     gather_rows = staticmethod(cpu.gather_rows)
+    gather_rows_jagged = staticmethod(cpu.gather_rows_jagged)
 
 
 def check_fields(fields: Sequence[Field]) -> None:
@@ -264,12 +289,20 @@ def _as_table(table) -> pa.Table:
     return pa.Table.from_pandas(table, preserve_index=False)
 
 
-def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, device: str = "cpu"):
+def encode_table(
+    table, fields: Sequence[Field], vocab=None, *, buffers=None, device: str = "cpu", inputs: str = "padded"
+):
     """Encode ``fields`` of ``table``; return ``(arrays, stats)``.
 
     ``arrays[name]`` is a C-contiguous int32 array of shape ``(rows, max_len)``, or
     for a ``numeric`` field a float32 numpy array ``(rows, size)`` (on either device);
     ``stats[name]`` a ``FieldStats``. See ``encode`` for the other parameters.
+
+    ``inputs="jagged"`` (``model.inputs``): each categorical field is instead a
+    ``dscore.jagged.Jagged``, the pair ``(values, offsets)``: row ``i``'s kept indices
+    are ``values[offsets[i]:offsets[i + 1]]`` (int32 values, ``rows + 1`` int64
+    offsets on the host), truncated as padded rows are, with no padding (``pad`` does
+    not apply); the kernels write them directly. Stats are the padded path's.
 
     ``buffers``, a dict kept by the caller, lets repeated calls reuse their output
     memory: ``arrays`` are then views into it, valid until the next call. Fresh
@@ -284,15 +317,30 @@ def encode_table(table, fields: Sequence[Field], vocab=None, *, buffers=None, de
     """
     table = _as_table(table)
     check_fields(fields)
+    if inputs not in MODEL_INPUTS:
+        raise ValueError(f"inputs is {inputs!r}; expected one of {', '.join(MODEL_INPUTS)}")
+    jagged = inputs == "jagged"
     if device == "cpu":
-        return _encode_fields(table, fields, vocab, buffers, _CPU)
+        return _encode_fields(table, fields, vocab, buffers, _CPU, jagged)
     from . import encoding_cuda  # numba.cuda only when asked for
 
     with encoding_cuda.on(device):
-        return _encode_fields(table, fields, vocab, buffers, encoding_cuda)
+        return _encode_fields(table, fields, vocab, buffers, encoding_cuda, jagged)
 
 
-def _encode_fields(table: pa.Table, fields, vocab, buffers, device):
+def encode_forms(table, forms: dict, vocab=None, *, buffers=None, device: str = "cpu"):
+    """``encode_table`` once per form its models take the fields in: ``forms`` maps
+    ``model.inputs`` (``padded``, ``jagged``) to the fields to encode so
+    (``TaskSpec.forms``). Returns ``({form: arrays}, stats)``, the stats of each field
+    counted once (both forms count alike). One ``buffers`` dict serves every form."""
+    encoded, stats = {}, {}
+    for form, fields in forms.items():
+        encoded[form], counted = encode_table(table, fields, vocab, buffers=buffers, device=device, inputs=form)
+        stats = {**counted, **stats}
+    return encoded, stats
+
+
+def _encode_fields(table: pa.Table, fields, vocab, buffers, device, jagged: bool = False):
     """Each field's column, chunk by chunk, through ``device``'s kernels into the matrix
     ``device.output`` gives: ``(arrays, stats)``. One loop for both devices."""
     uni = unicode_tables()
@@ -304,15 +352,21 @@ def _encode_fields(table: pa.Table, fields, vocab, buffers, device):
             stats[field.name] = FieldStats(table.num_rows, filled=filled)
             continue
         col, buckets, lk = _field_inputs(table, field, vocab)
-        out = device.output(buffers, field, table.num_rows)
         counts = np.zeros(4, dtype=np.int64)
+        if jagged:
+            values, offsets = device.jagged_output(buffers, field, table.num_rows)
+            offsets[0] = 0
+        else:
+            out = device.output(buffers, field, table.num_rows)
         row = 0
         for chunk in col.chunks:
-            bad = _encode_array(chunk, field, buckets, lk, uni, out[row : row + len(chunk)], counts, device)
+            n = len(chunk)
+            target = (values, offsets[row : row + n + 1]) if jagged else out[row : row + n]
+            bad = _encode_array(chunk, field, buckets, lk, uni, target, counts, device)
             if bad >= 0:
                 raise _utf8_error(field, chunk, bad, row + bad)
-            row += len(chunk)
-        arrays[field.name] = out
+            row += n
+        arrays[field.name] = Jagged(values[: offsets[-1]], offsets) if jagged else out
         stats[field.name] = FieldStats(table.num_rows, *(int(c) for c in counts))
     return arrays, stats
 

@@ -31,7 +31,8 @@ from numba import cuda
 
 from . import config
 from .errors import JobError, SpecError
-from .kernel_args import KernelSpec
+from .jagged import jagged_buffers
+from .kernel_args import NO_ROWS, KernelSpec
 from .kernels import cuda as kc
 from .kernels.walk import LIST
 from .spec import Field
@@ -143,6 +144,7 @@ class _Workspace:
         self.staging = None  # pinned host bytes: the inputs, packed
         self.inputs = None  # device bytes: the same, after one copy
         self.scratch = None  # device bytes: the encode kernel's keys
+        self.matrix = None  # device int32: jagged rows before compaction
 
     def upload(self, arrays):
         """Device views of the 1-D host ``arrays``, packed and copied in one transfer."""
@@ -159,6 +161,12 @@ class _Workspace:
             self.staging[lo:hi] = np.ascontiguousarray(a).view(np.uint8)
         self.inputs[:total].copy_to_device(self.staging[:total], stream=self.stream)
         return [self.inputs[lo:hi].view(a.dtype) for a, (lo, hi) in zip(arrays, ends)]
+
+    def padded(self, rows, width):
+        """Device int32 scratch of ``(rows, width)``: jagged rows are encoded padded here, then compacted."""
+        if self.matrix is None or self.matrix.size < rows * width:
+            self.matrix = cuda.device_array(max(rows * width + rows * width // 4, 1), np.int32)
+        return self.matrix[: rows * width].reshape((rows, width))
 
     def keys(self, nbytes):
         if self.scratch is None or self.scratch.shape[0] < nbytes:
@@ -227,6 +235,47 @@ def output(buffers, field: Field, rows: int):
 def empty(shape, dtype):
     """A new device array."""
     return cuda.device_array(shape, dtype=dtype)
+
+
+def jagged_output(buffers, field: Field, rows: int) -> tuple:
+    """``(values, offsets)`` for a field's jagged rows: device int32 values with room
+    for ``rows * max_len``, host int64 offsets (see ``jagged.jagged_buffers``)."""
+    return jagged_buffers(buffers, field, rows, lambda n: cuda.device_array(n, dtype=np.int32))
+
+
+def encode_rows_jagged(rows, spec: KernelSpec, sep, buckets, lk, uni, values, offsets, counts, bad) -> None:
+    """``cpu.ENCODE_ROWS_JAGGED`` on the GPU: the rows encoded padded (right) into scratch
+    device memory, then compacted into the device ``values`` from ``offsets[0]`` on;
+    ``offsets`` (host, ``rows + 1``) receives the rest of the rows' offsets."""
+    scratch = _workspace().padded(offsets.shape[0] - 1, spec.max_len)
+    encode_rows(rows, spec._replace(pad_left=0), sep, buckets, lk, uni, scratch, NO_ROWS, counts, bad)
+    if bad[0] < 0:
+        _compact(scratch, values, offsets)
+
+
+def gather_rows_jagged(codes, valid, valid_off, dict_out, dict_tokens, values, offsets, counts) -> None:
+    """``cpu.gather_rows_jagged`` on the GPU: ``gather_rows`` into scratch, then compacted
+    as ``encode_rows_jagged`` does (``dict_out``'s rows are right-padded)."""
+    scratch = _workspace().padded(codes.shape[0], dict_out.shape[1])
+    gather_rows(codes, valid, valid_off, dict_out, dict_tokens, scratch, counts)
+    _compact(scratch, values, offsets)
+
+
+def _compact(scratch, values, offsets) -> None:
+    """The right-padded rows of the device matrix ``scratch`` into ``values`` from
+    ``offsets[0]`` on, their offsets into the host ``offsets[1:]``: counts on the
+    device, offsets on the host (one copy each way), rows copied on the device."""
+    ws = _workspace()
+    n = scratch.shape[0]
+    kept = cuda.device_array(max(n, 1), np.int64, stream=ws.stream)
+    ws.launch(kc.row_kept, n, scratch, kept)
+    host = kept[:n].copy_to_host(stream=ws.stream)
+    ws.stream.synchronize()
+    np.cumsum(host, out=offsets[1:])
+    offsets[1:] += offsets[0]
+    (d_offsets,) = ws.upload([offsets])
+    ws.launch(kc.compact_rows, n, scratch, d_offsets, values)
+    ws.stream.synchronize()
 
 
 def encode_rows(rows, spec: KernelSpec, sep, buckets, lk, uni, out, row_tokens, counts, bad) -> None:

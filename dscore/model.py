@@ -22,6 +22,7 @@ import numpy as np
 
 from . import config, io
 from .errors import ModelError
+from .jagged import Jagged
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ def load_module(spec: ModelSpec, device: str, storage_options: dict | None = Non
         elif fmt == "onnx":
             from .onnx_model import OnnxModule
 
+            if spec.inputs == "jagged":
+                raise ModelError(
+                    f"model.inputs: jagged is not supported for ONNX models ({spec.path!r}); use a TorchScript, "
+                    "torch.export or state_dict model for jagged inputs, or export the ONNX model for padded inputs"
+                )
+
             module = OnnxModule.load(data, spec, device)
         elif fmt == "state_dict":
             if not spec.factory:
@@ -208,6 +215,11 @@ class Model:
         self.max_lens = {f.name: f.width for f in fields}  # a numeric field's width is its size
         self.numeric = {f.name for f in fields if f.numeric}
         self.spec = spec
+        # model.inputs: jagged: each categorical field is two tensors, values and offsets
+        self.jagged = spec.inputs == "jagged"
+        self.input_names = [
+            m for n in self.field_names for m in ((n,) if self._dense(n) else (f"{n}_values", f"{n}_offsets"))
+        ]
         self.device = device
         # Until dscore.optimize.prepare tunes it on real rows ("auto").
         self.batch_size = spec.batch_size if isinstance(spec.batch_size, int) else config.get("tune.default-batch")
@@ -233,8 +245,12 @@ class Model:
     def _call(self, tensors):
         module = self.runner if self.runner is not None else self.module
         if self.spec.call == "keyword":
-            return module(**dict(zip(self.field_names, tensors)))
+            return module(**dict(zip(self.input_names, tensors)))
         return module(*tensors)
+
+    def _dense(self, name: str) -> bool:
+        """Whether field ``name`` is one tensor (padded, or numeric) rather than a jagged pair."""
+        return not self.jagged or name in self.numeric
 
     def probe(self, largest: dict | None = None) -> None:
         """Run one row of OOV tokens; fix the output columns or raise ``ModelError``.
@@ -250,15 +266,21 @@ class Model:
             raise
         except Exception as e:
             how = (
-                f"model(**{{{', '.join(self.field_names)}}})"
+                f"model(**{{{', '.join(self.input_names)}}})"
                 if self.spec.call == "keyword"
-                else f"model({', '.join(self.field_names)})"
+                else f"model({', '.join(self.input_names)})"
+            )
+            shapes = (
+                "model.inputs: jagged: int64 values (max_len,) and offsets (1,) per categorical field"
+                if self.jagged
+                else "int64 tensors of shape (1, max_len)"
             )
             raise ModelError(
                 f"model {self.spec.path!r} fails on a one-row probe batch called as {how} "
-                f"(int64 tensors of shape (1, max_len), float32 (1, size) for numeric fields): "
-                f"{type(e).__name__}: {e}. Check the fields' order, their max_len and size, and model.call "
-                "(positional or keyword)"
+                f"({shapes}, float32 (1, size) for numeric fields): "
+                f"{type(e).__name__}: {e}. Check the fields' order, their max_len and size, model.call "
+                "(positional or keyword) and model.inputs (padded: one (B, max_len) tensor per field; jagged: "
+                "values and offsets per field, as nn.EmbeddingBag takes them)"
             ) from e
         if largest:
             top = {n: self._probe_row(n, largest.get(n, PROBE_INDEX)) for n in self.field_names}
@@ -280,14 +302,19 @@ class Model:
                 f"{len(self.output_names)}: {self.output_names}"
             )
 
-    def _probe_row(self, name: str, index: int) -> np.ndarray:
-        """One probe row of field ``name``: ``index`` everywhere, or float32 zeros if numeric."""
+    def _probe_row(self, name: str, index: int):
+        """One probe row of field ``name``: ``index`` everywhere (``max_len`` of them when
+        jagged), or float32 zeros if numeric."""
         if name in self.numeric:
             return np.zeros((1, self.max_lens[name]), dtype=np.float32)
+        if self.jagged:
+            width = self.max_lens[name]
+            return Jagged(np.full(width, index, dtype=np.int32), np.array([0, width], dtype=np.int64))
         return np.full((1, self.max_lens[name]), index, dtype=np.int32)
 
     def _dtypes(self):
-        """Per field in order, the dtype the model gets: int64 indices, float32 numbers."""
+        """Per field in order, the dtype the model gets: int64 indices (values and offsets
+        of a jagged field), float32 numbers."""
         import torch
 
         return [torch.float32 if n in self.numeric else torch.int64 for n in self.field_names]
@@ -303,11 +330,11 @@ class Model:
     def _tensor(self, a):
         return as_tensor(a, self.device)
 
-    def _forward_tensors(self, tensors):
-        """The model on its tensors (on ``self.device``): float32 scores (rows, k) there."""
+    def _forward_tensors(self, tensors, rows: int):
+        """The model on its tensors (on ``self.device``) for ``rows`` rows: float32 scores
+        (rows, k) there."""
         import torch
 
-        rows = tensors[0].shape[0]
         with torch.inference_mode(), self._autocast():
             y = self._call(tensors)
         if not isinstance(y, torch.Tensor):
@@ -321,36 +348,63 @@ class Model:
         return y.float()
 
     def _forward(self, arrays: dict) -> np.ndarray:
+        inputs = [self._input(arrays[n]) for n in self.field_names]
+        rows = len(arrays[self.field_names[0]])
+        return self._forward_tensors(self._batch(inputs, 0, rows, rows), rows).cpu().numpy()
 
-        tensors = [self._tensor(arrays[n]).to(self.device, d) for n, d in zip(self.field_names, self._dtypes())]
-        return self._forward_tensors(tensors).cpu().numpy()
+    def _input(self, a):
+        """A field's array as ``predict`` slices it: a tensor, or a jagged field's pair
+        ``(values tensor, host offsets)``."""
+        if isinstance(a, Jagged):
+            return self._tensor(a.values), a.offsets
+        return self._tensor(a)
+
+    def _batch(self, inputs: list, start: int, stop: int, size: int) -> list:
+        """Rows ``start:stop`` of every field as the model's tensors on its device, padded
+        to ``size`` rows with PROBE_INDEX rows (one OOV token each for a jagged field)."""
+        import torch
+
+        n, out = stop - start, []
+        for t, d in zip(inputs, self._dtypes()):
+            if not isinstance(t, tuple):
+                b = t[start:stop].to(self.device, d, non_blocking=True)
+                if size > n:
+                    b = torch.cat([b, b.new_full((size - n, b.shape[1]), PROBE_INDEX)])
+                out.append(b)
+                continue
+            values, offsets = t
+            lo, hi = int(offsets[start]), int(offsets[stop])
+            v = values[lo:hi].to(self.device, d, non_blocking=True)
+            o = torch.from_numpy(offsets[start:stop] - lo)
+            if size > n:
+                v = torch.cat([v, v.new_full((size - n,), PROBE_INDEX)])
+                o = torch.cat([o, torch.arange(hi - lo, hi - lo + size - n, dtype=o.dtype)])
+            out += [v, o.to(self.device, d, non_blocking=True)]
+        return out
 
     def predict(self, arrays: dict, batch_size: int | None = None) -> np.ndarray:
         """Scores for every row of ``arrays`` (field name -> int32 (rows, max_len), numpy or
-        CUDA; float32 (rows, size) for a numeric field), as float32 (rows, k) numpy. On a GPU, micro-batches are queued on this
+        CUDA, or a ``Jagged`` with ``model.inputs: jagged``; float32 (rows, size) for a
+        numeric field), as float32 (rows, k) numpy. On a GPU, micro-batches are queued on this
         thread's CUDA stream without a synchronisation: the one copy of the scores to
         the host at the end waits for them."""
         import torch
 
         on_gpu = str(self.device).startswith("cuda")
         with torch.cuda.stream(thread_stream(self.device)) if on_gpu else contextlib.nullcontext():
-            inputs = [self._tensor(arrays[n]) for n in self.field_names]
-            dtypes = self._dtypes()
-            rows = inputs[0].shape[0]
+            inputs = [self._input(arrays[n]) for n in self.field_names]
+            rows = len(arrays[self.field_names[0]])
             bs = batch_size or self.batch_size
             out = None
             for start in range(0, rows, bs):
                 stop = min(rows, start + bs)
                 n = stop - start
-                batch = [t[start:stop].to(self.device, d, non_blocking=True) for t, d in zip(inputs, dtypes)]
                 # A compiled model has one static shape: pad to bs. Otherwise pad a short
                 # last batch to a multiple of PAD_ROWS: CPU GEMM kernels differ in the last
                 # ulp between a row block and its remainder, and with every batch a whole
                 # number of blocks a row's score does not depend on the batch size (tested).
                 size = bs if self.pad else -(-n // PAD_ROWS) * PAD_ROWS
-                if size > n:
-                    batch = [torch.cat([b, b.new_full((size - n, b.shape[1]), PROBE_INDEX)]) for b in batch]
-                y = self._forward_tensors(batch)[:n]
+                y = self._forward_tensors(self._batch(inputs, start, stop, size), size)[:n]
                 if out is None:
                     out = torch.empty((rows, y.shape[1]), dtype=torch.float32, device=y.device)
                 out[start:stop] = y

@@ -12,7 +12,9 @@ Runs once per worker process, on the first partition's real rows:
   freezes TorchScript when that is faster, and compiles only when the worker's
   share of the job is long enough to repay the compilation. Neither applies to an
   ONNX model (ONNX Runtime optimizes its graph when the session starts): it runs
-  plain, with its batch size tuned like any other.
+  plain, with its batch size tuned like any other. ``compile`` is refused for jagged
+  inputs (``model.inputs: jagged``): their values' length changes with every batch,
+  which static shapes would recompile for; ``freeze`` works on them.
 
 Every optimized mode is guarded: before use, one batch of real rows goes through
 the plain and the optimized model, and a max absolute difference above
@@ -124,6 +126,8 @@ def _compile(model):
         return None, f"compile needs a torch model; {ONNX_NOTE}"
     if isinstance(model.module, torch.jit.ScriptModule):
         return None, "compile needs an eager or torch.export model (TorchScript can be frozen)"
+    if model.jagged:  # values' length differs in every batch: static shapes would recompile each time
+        return None, "compile needs static shapes, and jagged inputs (model.inputs: jagged) vary in length per batch"
     mode = "reduce-overhead" if str(model.device).startswith("cuda") else None  # CUDA graphs
     return torch.compile(model.module, dynamic=False, mode=mode), None
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from . import config, io
 from .cluster import announce_cluster, check_resources, connect, register, warm
-from .encoding import FieldStats, InvalidUTF8Error, NumericSizeError, encode_table
+from .encoding import FieldStats, InvalidUTF8Error, NumericSizeError, encode_forms
 from .errors import JobError
 from .lease import Lease
 from .output import JOB, MANIFEST, QUARANTINE, REPORT, SUCCESS, TMP_FILE, Output
@@ -65,13 +65,13 @@ def _score_table(table: pa.Table, task: TaskSpec, rt) -> Scored:
     t0 = time.perf_counter()
     device = rt.encode_device(task)  # "auto" asks the model's device: may load it
     t1 = time.perf_counter()
-    arrays, stats = encode_table(table, task.fields, vocab, buffers=rt.buffers_for(device), device=device)
+    encoded, stats = encode_forms(table, task.forms, vocab, buffers=rt.buffers_for(device), device=device)
     t2 = time.perf_counter()
     seconds = {"encode": t2 - t1, "predict": 0.0, "tune": t1 - t0}
     cols = {c: table.column(c) for c in task.id_columns}
     execution = {}
-    for entry in task.models:  # the fields encoded once; each model fed its own, in its order
-        own = {n: arrays[n] for n in entry.fields}
+    for entry in task.models:  # the fields encoded once (per form); each model fed its own, in its order
+        own = {n: encoded[entry.spec.inputs][n] for n in entry.fields}
         t2 = time.perf_counter()
         model = rt.ready_model(task, own, entry)
         t3 = time.perf_counter()

@@ -131,6 +131,19 @@ class TaskSpec:
         """The first (for a job's single ``model``: the) model's spec."""
         return self.models[0].spec
 
+    @property
+    def forms(self) -> dict:
+        """``{model.inputs: fields}``: each form the models take their fields in, with the
+        fields to encode so (``encoding.encode_forms``). The first model's form encodes
+        every field of the job (the report counts them all); another only the fields
+        its models take, so that a job of padded models encodes once."""
+        every = {m.spec.inputs for m in self.models[:1]}
+        forms = {}
+        for m in self.models:
+            names = set(m.fields) | ({f.name for f in self.fields} if m.spec.inputs in every else set())
+            forms.setdefault(m.spec.inputs, set()).update(names)
+        return {form: tuple(f for f in self.fields if f.name in names) for form, names in forms.items()}
+
     def with_models(self, **changes) -> TaskSpec:
         """A copy whose every model's spec has ``changes`` (``device="cpu"``...)."""
         models = tuple(dataclasses.replace(m, spec=dataclasses.replace(m.spec, **changes)) for m in self.models)

@@ -19,6 +19,7 @@ KINDS = ("delimited", "list", "scalar", "numeric")
 # Keys of the categorical kinds; a numeric field must leave them at their defaults.
 CATEGORICAL_KEYS = ("sep", "max_len", "truncate", "pad", "lower", "strip", "buckets")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
+MODEL_INPUTS = ("padded", "jagged")
 TRUNCATE = ("head", "tail")
 PAD = ("right", "left")
 ON_INVALID_UTF8 = ("fail", "replace")
@@ -372,7 +373,11 @@ class ModelSpec:
     ``factory: "package.module:function"``, a state_dict (loaded with
     ``weights_only=True``) for the module that ``function(**factory_kwargs)`` builds.
     ``call`` is ``positional`` (one int64 tensor per field, in field order) or
-    ``keyword`` (``model(**{field name: tensor})``). ``outputs`` names the score
+    ``keyword`` (``model(**{field name: tensor})``). ``inputs: jagged`` passes each
+    categorical field as the pair ``values, offsets`` (int64, ``offsets`` of length B,
+    as ``nn.EmbeddingBag.forward(input, offsets)`` takes them), with truncation and
+    no padding (a field's ``pad`` does not apply); by keyword as ``<field>_values``
+    and ``<field>_offsets``. ``outputs`` names the score
     columns (default ``score``, or ``score_0..k-1`` for a (B, k) output).
     ``batch_size: auto`` and ``optimize`` are tuned per worker (``dscore.optimize``);
     an optimized mode is used only while it matches plain within ``tolerance``.
@@ -391,6 +396,7 @@ class ModelSpec:
     factory: str | None = None
     factory_kwargs: dict = dataclasses.field(default_factory=dict)
     call: str = "positional"
+    inputs: str = "padded"
     outputs: tuple | None = None
     batch_size: int | str = "auto"
     device: str = "auto"
@@ -408,6 +414,7 @@ class ModelSpec:
         "factory": _opt_str,
         "factory_kwargs": _mapping,
         "call": _one_of("positional", "keyword"),
+        "inputs": _one_of(*MODEL_INPUTS),
         "outputs": _opt_str_list,
         "batch_size": _int_or("auto"),
         "device": lambda w, v: _check(

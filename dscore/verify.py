@@ -277,6 +277,7 @@ def reference_scores(
     own fields in its order."""
     import torch
 
+    from .jagged import Jagged
     from .model import Model
 
     entries = dict(job.named_models)
@@ -290,10 +291,13 @@ def reference_scores(
     if spec.fields is not None:  # its own order
         fields.sort(key=lambda f: spec.fields.index(f.name))
     spec = dataclasses.replace(spec, precision=precision or spec.precision)
+    own = {f.name: arrays[f.name] for f in fields}
+    if spec.inputs == "jagged":  # the same rows without their padding
+        own = {f.name: a if f.numeric else Jagged.from_padded(a) for f, a in zip(fields, own.values())}
     loaded = Model.load(spec, fields, device="cpu", storage_options=job.storage_options)
     loaded.batch_size = 1024
     with torch.inference_mode():
-        return loaded.predict({f.name: arrays[f.name] for f in fields})
+        return loaded.predict(own)
 
 
 def verify(

@@ -145,7 +145,7 @@ class Runtime:
         """
         import dataclasses
 
-        from .encoding import encode_table
+        from .encoding import encode_forms
         from .model import fingerprint
 
         t0 = time.perf_counter()
@@ -161,9 +161,9 @@ class Runtime:
             loaded = [self.model(task, m) for m in models]
             table = _head(task, piece, config.get("tune.rows"))
             if table is not None:
-                arrays, _ = encode_table(table, task.fields, vocab, device=self.encode_device(task))
+                encoded, _ = encode_forms(table, task.forms, vocab, device=self.encode_device(task))
                 for m in models:
-                    self.ready_model(task, {n: arrays[n] for n in m.fields}, m)
+                    self.ready_model(task, {n: encoded[m.spec.inputs][n] for n in m.fields}, m)
             log.info("dscore worker warm in %.1fs: %s", time.perf_counter() - t0, "; ".join(
                 f"{e.where} on {m.device}, batch {m.batch_size}, mode {m.mode}" for e, m in zip(models, loaded)
             ))  # fmt: skip

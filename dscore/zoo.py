@@ -11,6 +11,10 @@ demo fields as positional int64 tensors (device_name, device_model, apps, campai
   its state_dict loads into ``masked_mean`` and gives the same scores.
 * ``dlrm``: DLRM-like: sum-pooled embedding bags, pairwise dot products of the
   field vectors, top MLP 512-256-1.
+* ``embedding_bag_jagged``: ``embedding_bag`` fed jagged rows (``model.inputs:
+  jagged``): ``values, offsets`` per field, no padding; same state_dict. Not in
+  ``MODELS`` (``dscore bench --models`` feeds padded rows): ``export`` writes it
+  when named, and ``benchmarks/jagged.py`` races it against ``embedding_bag``.
 * ``two_output``: a multi-task model: a shared masked-mean trunk and two heads,
   output (B, 2).
 
@@ -77,6 +81,31 @@ class BagMean(nn.Module):
         return torch.sigmoid(self.mlp(x)).squeeze(-1)
 
 
+class BagMeanJagged(BagMean):
+    def forward(
+        self,
+        device_name_values,
+        device_name_offsets,
+        device_model_values,
+        device_model_offsets,
+        apps_values,
+        apps_offsets,
+        campaigns_values,
+        campaigns_offsets,
+    ):
+        # One bag per offset; an empty bag's mean is zeros, as a row of padding above.
+        x = torch.cat(
+            [
+                self.device_name(device_name_values, device_name_offsets),
+                self.device_model(device_model_values, device_model_offsets),
+                self.apps(apps_values, apps_offsets),
+                self.campaigns(campaigns_values, campaigns_offsets),
+            ],
+            dim=1,
+        )
+        return torch.sigmoid(self.mlp(x)).squeeze(-1)
+
+
 class DLRM(nn.Module):
     def __init__(self, vocab_sizes, dim: int = 32, top=(512, 256)):
         super().__init__()
@@ -129,6 +158,10 @@ def embedding_bag(vocab_sizes, dim: int = 32) -> BagMean:
     return BagMean(vocab_sizes, dim)
 
 
+def embedding_bag_jagged(vocab_sizes, dim: int = 32) -> BagMeanJagged:
+    return BagMeanJagged(vocab_sizes, dim)
+
+
 def dlrm(vocab_sizes, dim: int = 32, top=(512, 256)) -> DLRM:
     return DLRM(vocab_sizes, dim, tuple(top))
 
@@ -138,6 +171,8 @@ def two_output(vocab_sizes, dim: int = 32) -> TwoOutput:
 
 
 MODELS = {"masked_mean": masked_mean, "embedding_bag": embedding_bag, "dlrm": dlrm, "two_output": two_output}
+# Models fed jagged rows (model.inputs: jagged): ``export`` writes them only when named.
+JAGGED_MODELS = {"embedding_bag_jagged": embedding_bag_jagged}
 
 
 def export(directory: str, vocab_sizes, *, seed: int = 0, names=tuple(MODELS)) -> dict:
@@ -154,7 +189,7 @@ def export(directory: str, vocab_sizes, *, seed: int = 0, names=tuple(MODELS)) -
     for name in names:
         with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
             torch.manual_seed(seed)
-            model = MODELS[name](**kwargs).eval()
+            model = {**MODELS, **JAGGED_MODELS}[name](**kwargs).eval()
         script, state = os.path.join(directory, f"{name}.pt"), os.path.join(directory, f"{name}.state.pt")
         torch.jit.save(torch.jit.script(model), script)
         torch.save(model.state_dict(), state)

@@ -1,4 +1,4 @@
-"""The CPU kernels: Arrow buffers in, padded int32 index matrices out (numba, one thread each).
+"""The CPU kernels: Arrow buffers in, padded int32 index matrices (or jagged rows) out (numba, one thread each).
 
 Thin entry points: the encode loop itself (split, strip, lower, key, hash, look up,
 pad) is ``dscore.kernels.walk.encode_rows`` (with ``table`` and ``text``), compiled
@@ -16,6 +16,14 @@ levels, and compiling every combination eagerly would cost a fresh machine tens
 of seconds at import for variants most jobs never use. Read-only (Arrow-backed)
 arrays are handled by numba's dispatcher as their own types. ``ENCODE_ROWS`` and
 ``TOKENIZE_ROWS`` hold one kernel per kind, each on its kind's ``W[kind]``.
+
+Jagged rows (``model.inputs: jagged``): ``ENCODE_ROWS_JAGGED`` runs the same walk
+compiled with ``JAGGED`` on (``WJ[kind]``), which writes each kept index straight
+into a flat values array and each row's end into ``offsets``: no padded matrix, no
+compaction pass. The values array is sized for ``rows * max_len`` (never more can
+be kept) and only the used prefix is touched, so an ``np.empty`` of it costs
+address space, not pages. ``gather_rows_jagged`` does the same for dictionary
+columns from their entries' padded rows (one per entry, few).
 """
 
 from __future__ import annotations
@@ -55,6 +63,14 @@ def _prefetch(typingctx, arr, idx):
 W = {
     kind: walk.compile_for(
         "cpu", kind, njit(inline="always"), njit, lookup_at_once=False,
+        u=table.index_unsigned, copy_key=text.copy_key_words, find_byte=walk.find_byte_words, prefetch=_prefetch,
+    )
+    for kind in KINDS
+}  # fmt: skip
+# The same with ``JAGGED`` on: rows written one after another, unpadded (``encode_rows_jagged``).
+WJ = {
+    kind: walk.compile_for(
+        "cpu", kind, njit(inline="always"), njit, lookup_at_once=False, jagged=True,
         u=table.index_unsigned, copy_key=text.copy_key_words, find_byte=walk.find_byte_words, prefetch=_prefetch,
     )
     for kind in KINDS
@@ -151,6 +167,74 @@ def _encode_rows(kind, source):
     return encode_rows
 
 
+def _encode_rows_jagged(kind, source):
+    w = WJ[kind]
+
+    @njit(cache=True, nogil=True)
+    def encode_rows_jagged(
+        starts, stops, row_valid, row_valid_off,
+        offsets, data, valid, valid_off,
+        spec, sep, buckets, lk, uni, values, row_offsets, counts, bad,
+    ):  # fmt: skip
+        """Encode rows of tokens into ``values`` (1-D, room for ``rows * max_len``),
+        unpadded: row ``i`` is ``values[row_offsets[i]:row_offsets[i + 1]]``.
+
+        ``row_offsets`` has ``rows + 1`` entries; the caller sets ``row_offsets[0]``
+        (where the first row starts: chunks follow each other), the kernel the rest.
+        Counts and ``bad`` as ``encode_rows``.
+        """
+        source  # noqa: B018
+        _, max_len, tail, _, lower, strip, replace = spec
+        slots, arena = lk
+        keys = np.empty(w.scratch_size(starts, stops, offsets), dtype=np.uint8)
+        key_start = np.empty(max_len, dtype=np.int64)
+        key_len = np.empty(max_len, dtype=np.int64)
+        hashes = np.empty(max_len, dtype=np.uint64)
+        first_bad, tokens, kept, oov, truncated = w.encode_rows(
+            0, starts.shape[0], 1, starts, stops, row_valid, row_valid_off, offsets, data, valid, valid_off,
+            (max_len, tail, 0, lower, strip, replace, 1), sep, buckets, slots, arena, uni,
+            keys, _NO_KEY_OFFSETS, values.reshape((1, values.shape[0])), row_offsets, key_start, key_len, hashes,
+        )  # fmt: skip
+        counts[0] += tokens
+        counts[1] += kept
+        counts[2] += oov
+        counts[3] += truncated
+        if first_bad >= 0:
+            bad[0] = first_bad
+
+    return encode_rows_jagged
+
+
+def _gather_rows_jagged(source):
+    w = W[DELIMITED]
+
+    @njit(cache=True, nogil=True)
+    def gather_rows_jagged(codes, valid, valid_off, dict_out, dict_tokens, values, row_offsets, counts):
+        """``gather_rows`` into jagged rows: row ``i`` is ``dict_out[codes[i]]`` without its
+        padding (an entry's kept indices come first: its rows are padded on the right),
+        written from ``values[row_offsets[0]]`` on; ``row_offsets`` as ``encode_rows_jagged``."""
+        source  # noqa: B018
+        max_len = dict_out.shape[1]
+        pos = row_offsets[0]
+        for i in range(codes.shape[0]):
+            tokens = kept = oov = 0
+            if w.is_valid(valid, valid_off, i):
+                c = codes[i]
+                tokens = dict_tokens[c]
+                for m in range(max_len):
+                    v = dict_out[c, m]
+                    if v == PAD:
+                        break
+                    values[pos + kept] = v
+                    kept += 1
+                    oov += v == OOV
+            pos += kept
+            row_offsets[i + 1] = pos
+            w.add_row(counts, max_len, tokens, kept, oov)
+
+    return gather_rows_jagged
+
+
 def _gather_rows(source):
     w = W[DELIMITED]
 
@@ -242,9 +326,11 @@ xxh64 = _xxh64(walk.SOURCE)
 build_table = _build_table(walk.SOURCE)
 ENCODE_ROWS = {kind: _encode_rows(kind, walk.SOURCE) for kind in KINDS}
 gather_rows = _gather_rows(walk.SOURCE)
+ENCODE_ROWS_JAGGED = {kind: _encode_rows_jagged(kind, walk.SOURCE) for kind in KINDS}
+gather_rows_jagged = _gather_rows_jagged(walk.SOURCE)
 TOKENIZE_ROWS = {kind: _tokenize_rows(kind, walk.SOURCE) for kind in KINDS}
 
 __all__ = [
-    "DELIMITED", "DELIMITED_SEQ", "ENCODE_ROWS", "FIRST_INDEX", "LIST", "OOV", "PAD", "SCALAR", "TOKENIZE_ROWS",
-    "build_table", "gather_rows", "xxh64",
+    "DELIMITED", "DELIMITED_SEQ", "ENCODE_ROWS", "ENCODE_ROWS_JAGGED", "FIRST_INDEX", "LIST", "OOV", "PAD", "SCALAR", "TOKENIZE_ROWS",
+    "build_table", "gather_rows", "gather_rows_jagged", "xxh64",
 ]  # fmt: skip

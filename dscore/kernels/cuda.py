@@ -16,6 +16,13 @@ The loops over rows, and nothing else: a row's tokens go through the same
 
 The kernels take the CPU kernels' arguments with the tuples unpacked (``spec``
 minus its kind, ``lk``, ``uni``): numba.cuda launches take arrays and scalars.
+Jagged rows (``model.inputs: jagged``) are compacted on the device rather than
+written directly: a thread's row position in the values would need the kept counts
+of every row before it, known only after the walk. The rows are encoded padded
+into scratch as above, then ``row_kept`` counts each row's indices, the host turns
+the counts into offsets (it needs them there anyway, to slice micro-batches), and
+``compact_rows`` copies each row's indices to its place.
+
 Importing this module needs no GPU: kernels compile at their first launch. The
 host side (uploads, launches, caches) is ``dscore.encoding_cuda``.
 """
@@ -95,7 +102,26 @@ def _gather_rows(source):
     return gather_rows
 
 
+@cuda.jit(cache=True)
+def row_kept(out, kept):
+    """``kept[i]``: how many indices row ``i`` of the right-padded ``out`` holds (its cells before the first PAD)."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        k = 0
+        while k < out.shape[1] and out[i, k] != 0:  # 0: PAD
+            k += 1
+        kept[i] = k
+
+
+@cuda.jit(cache=True)
+def compact_rows(out, row_offsets, values):
+    """Row ``i`` of the right-padded ``out``, without its padding, to ``values[row_offsets[i]:row_offsets[i + 1]]``."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        at = row_offsets[i]
+        for c in range(row_offsets[i + 1] - at):
+            values[at + c] = out[i, c]
+
+
 ENCODE_ROWS = {kind: _encode_rows(kind, walk.SOURCE) for kind in KINDS}
 gather_rows = _gather_rows(walk.SOURCE)
 
-__all__ = ["DELIMITED", "DELIMITED_SEQ", "ENCODE_ROWS", "LIST", "SCALAR", "gather_rows"]
+__all__ = ["DELIMITED", "DELIMITED_SEQ", "ENCODE_ROWS", "LIST", "SCALAR", "compact_rows", "gather_rows", "row_kept"]

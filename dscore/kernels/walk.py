@@ -69,6 +69,9 @@ KINDS = (DELIMITED, LIST, SCALAR, DELIMITED_SEQ)
 # (``compile_for``), so that the other kinds' branches vanish from the token loop
 # (measured: up to 1.5x; a ``kind`` argument, even a literal one, measured 2x slower).
 KIND = DELIMITED
+# Whether the walk writes jagged rows (``encode_rows``): a module constant for the
+# same reason, so that the padded kernels compile exactly as before (CPU only).
+JAGGED = False
 
 ONES = np.uint64(0x0101010101010101)
 
@@ -151,6 +154,12 @@ def encode_rows(
     ``key_off`` is empty: one scratch reused by every row). ``out`` is padded to its
     width; ``row_tokens``, when non-empty, receives each row's token count.
 
+    Jagged (``JAGGED``, CPU only): ``out`` is ``(1, capacity)`` and row ``i``'s kept
+    indices are written one row after another from ``out[0, row_tokens[first]]``,
+    without padding; ``row_tokens`` receives the offsets instead of the counts
+    (``row_tokens[i + 1]`` is where row ``i`` ends). No scratch matrix and no second
+    pass: the CPU's lookup pass writes each index where it belongs.
+
     Returns ``(bad, tokens, kept, oov, truncated_rows)``: ``bad`` is the first row
     holding invalid UTF-8 when ``replace`` is off (the rows stop there; a dropped
     token must be valid UTF-8 too, as Arrow's validation demands), else -1.
@@ -161,6 +170,7 @@ def encode_rows(
     nsep = sep.shape[0]
     mask = np.uint64(slots.shape[0] - 1)
     base = 0  # where the row's keys are noted: 0, or after the rows before when not ``lookup``
+    pos = row_tokens[first] if JAGGED else 0  # JAGGED: where the next row's indices go in out[0]
     tokens = 0
     kept = 0
     oov = 0
@@ -246,7 +256,10 @@ def encode_rows(
             elif buckets > 0:
                 row = u(i)
                 for c in range(u(k)):
-                    out[row, c] = FIRST_INDEX + np.int64(hashes[c] % np.uint64(buckets))
+                    if JAGGED:
+                        out[0, u(pos + c)] = FIRST_INDEX + np.int64(hashes[c] % np.uint64(buckets))
+                    else:
+                        out[row, c] = FIRST_INDEX + np.int64(hashes[c] % np.uint64(buckets))
             else:
                 # A pass of its own, the slots prefetched when hashed: probing each key
                 # as soon as it is hashed waits on a cache miss per rare token (1.3x
@@ -260,16 +273,27 @@ def encode_rows(
                         prefetch(arena, np.int64(slots[home, 1] & np.uint64(0xFFFFFFFF)))
                 for c in range(u(k)):
                     w = slots[find_slot(keys, key_start[c], key_len[c], hashes[c], slots, arena), 1]
+                    # (the padded stores spelled as before: its machine code stays the same)
                     if w != 0:
-                        out[row, c] = np.int64(w >> np.uint64(32))
+                        if JAGGED:
+                            out[0, u(pos + c)] = np.int64(w >> np.uint64(32))
+                        else:
+                            out[row, c] = np.int64(w >> np.uint64(32))
                     else:
-                        out[row, c] = OOV
+                        if JAGGED:
+                            out[0, u(pos + c)] = OOV
+                        else:
+                            out[row, c] = OOV
                         oov += 1
-        pad_row(out, u(i), k, out.shape[1], pad_left)
+        if JAGGED:
+            pos += k
+            row_tokens[i + 1] = pos
+        else:
+            pad_row(out, u(i), k, out.shape[1], pad_left)
         tokens += t
         kept += k
         truncated += t > max_len
-        if row_tokens.shape[0] > 0:
+        if not JAGGED and row_tokens.shape[0] > 0:
             row_tokens[i] = t
         if not lookup:
             base += k
@@ -349,9 +373,12 @@ SOURCE = int.from_bytes(
 )
 
 
-def compile_for(target: str, kind: int, leaf, call, lookup_at_once: bool, **chosen) -> types.ModuleType:
+def compile_for(
+    target: str, kind: int, leaf, call, lookup_at_once: bool, jagged: bool = False, **chosen
+) -> types.ModuleType:
     """The walk's functions (this module's, ``table``'s and ``text``'s) compiled for one
-    target and rows of one ``kind``, as the module ``dscore.kernels.walk.<target><kind>``.
+    target and rows of one ``kind``, as the module ``dscore.kernels.walk.<target><kind>``
+    (``<target>jagged<kind>`` with ``jagged``: ``JAGGED`` on, see ``encode_rows``).
 
     ``leaf`` compiles the hot-path leaves (e.g. ``numba.njit(inline="always")``),
     ``call`` the out-of-line functions (``_CALLS``); on CUDA both are
@@ -360,7 +387,8 @@ def compile_for(target: str, kind: int, leaf, call, lookup_at_once: bool, **chos
     uses: a function of these modules, or one compiled already (``prefetch``'s
     intrinsic).
     """
-    mod = types.ModuleType(f"{__name__}.{target}{kind}", f"``{__name__}`` compiled for {target}, kind {kind}")
+    suffix = f"{target}{'jagged' if jagged else ''}{kind}"
+    mod = types.ModuleType(f"{__name__}.{suffix}", f"``{__name__}`` compiled for {target}, kind {kind}")
     mod.__file__ = __file__
     ns = mod.__dict__
     own = {}
@@ -373,6 +401,7 @@ def compile_for(target: str, kind: int, leaf, call, lookup_at_once: bool, **chos
     del own["compile_for"]
     ns["KIND"] = kind
     ns["LOOKUP_AT_ONCE"] = lookup_at_once
+    ns["JAGGED"] = jagged
     for name, f in own.items():
         f = chosen.get(name, f)
         if not isinstance(f, types.FunctionType):  # compiled already

@@ -46,6 +46,8 @@ def main() -> int:
     for codes in (T.int8, T.uint16, i32, i64):
         sig = (arr(codes), arr(u8), i64, arr(i32, 2), arr(i64), arr(i32, 2), arr(i64))
         check(f"gather_rows codes={codes}", kc.gather_rows, sig)
+    check("row_kept", kc.row_kept, (arr(i32, 2), arr(i64)))
+    check("compact_rows", kc.compact_rows, (arr(i32, 2), arr(i64), arr(i32)))
     return 0
 
 

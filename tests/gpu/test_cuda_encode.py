@@ -86,26 +86,40 @@ LONG = "Ab" * 20 + "É,x"  # keys of 32+ bytes take XXH64's four-lane path
 DELIMITED_ROWS = [",,a,,B ,", None, "", " , ", "Σ,ΑΣ,ΑΣ.,İ", "\u2003É\u00a0,\x1c", "a,b,c,d,e,f,g", LONG]
 
 
-@pytest.mark.parametrize(
-    "field, values, layout",
-    [
-        (Field("f", max_len=3), DELIMITED_ROWS, "string"),
-        (Field("f", max_len=2, truncate="tail", pad="left"), DELIMITED_ROWS, "large_string"),
-        (Field("f", max_len=2, truncate="tail", buckets=7), DELIMITED_ROWS, "dictionary"),
-        (Field("f", max_len=4, truncate="tail", buckets=2**31 - 2), DELIMITED_ROWS, "dictionary_large"),
-        (Field("f", sep="::", max_len=3, truncate="tail"), ["::a::::b::", ":a:::b", "::", None, "A::Σ::"], "view"),
-        (Field("f", sep="Σ", max_len=3, lower=False), ["aΣΣbΣ", "ΣΑΣ", "σ", None], "string"),
-        (Field("f", kind="scalar", strip=False), ["ΑΣ", "İ", "ΑΣ'", "A\u00adΣ", None, "\u212a", "  X  ", ""], "string"),
-        (
-            Field("f", kind="list", max_len=2, truncate="tail"),
-            [["a", None, " B "], None, [], ["ΑΣ", "İ", "", "c"]],
-            "list_dict",
-        ),
-        (Field("f", kind="list", max_len=3, pad="left"), [["ΑΣ", None], None, ["x"] * 5, [LONG]], "list_view"),
-    ],
-)
+EDGE_CASES = [
+    (Field("f", max_len=3), DELIMITED_ROWS, "string"),
+    (Field("f", max_len=2, truncate="tail", pad="left"), DELIMITED_ROWS, "large_string"),
+    (Field("f", max_len=2, truncate="tail", buckets=7), DELIMITED_ROWS, "dictionary"),
+    (Field("f", max_len=4, truncate="tail", buckets=2**31 - 2), DELIMITED_ROWS, "dictionary_large"),
+    (Field("f", sep="::", max_len=3, truncate="tail"), ["::a::::b::", ":a:::b", "::", None, "A::Σ::"], "view"),
+    (Field("f", sep="Σ", max_len=3, lower=False), ["aΣΣbΣ", "ΣΑΣ", "σ", None], "string"),
+    (Field("f", kind="scalar", strip=False), ["ΑΣ", "İ", "ΑΣ'", "A\u00adΣ", None, "\u212a", "  X  ", ""], "string"),
+    (
+        Field("f", kind="list", max_len=2, truncate="tail"),
+        [["a", None, " B "], None, [], ["ΑΣ", "İ", "", "c"]],
+        "list_dict",
+    ),
+    (Field("f", kind="list", max_len=3, pad="left"), [["ΑΣ", None], None, ["x"] * 5, [LONG]], "list_view"),
+]
+
+
+@pytest.mark.parametrize("field, values, layout", EDGE_CASES)
 def test_edge_cases(field, values, layout):
     check(values, field, layout, seed=1)
+
+
+@pytest.mark.parametrize("field, values, layout", [EDGE_CASES[i] for i in (1, 2, 4, 7)])
+def test_jagged_rows_equal_the_cpu_paths(field, values, layout):
+    """model.inputs: jagged on the GPU (padded scratch compacted on the device): the CPU
+    path's values, offsets and counts (tests/test_jagged.py checks those against naive)."""
+    col = arrow_column(values + values[::-1], field.kind, layout, np.random.default_rng(3))
+    vocab = as_vocab(vocabulary_for(values, field, 3))
+    table = pa.table({"f": col})
+    got, got_stats = encode_table(table, [field], vocab, device="cuda", inputs="jagged")
+    want, want_stats = encode_table(table, [field], vocab, inputs="jagged")
+    np.testing.assert_array_equal(got["f"].offsets, want["f"].offsets)
+    np.testing.assert_array_equal(got["f"].values.copy_to_host(), want["f"].values)
+    assert got_stats == want_stats
 
 
 def test_many_rows_per_thread():
@@ -167,3 +181,29 @@ def test_invalid_utf8_beyond_unicode_reads_as_replacement_characters():
     field = Field("f", kind="scalar", buckets=1000, on_invalid_utf8="replace")
     out, _ = encode_cuda(pa.chunked_array([arr]), field, None)
     assert out.tolist() == [[2 + naive.xxh64(raw.decode("utf-8", "replace").lower().encode()) % 1000]]
+
+
+def test_jagged_device_rows_feed_a_cpu_model(tmp_path):
+    """GPU-encoded jagged rows (device values, host offsets) scored by a CPU model
+    equal the CPU-encoded rows' scores."""
+    import torch
+
+    from dscore import ModelSpec
+    from dscore.model import Model
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = torch.nn.EmbeddingBag(9, 4, mode="mean")
+
+        def forward(self, values, offsets):
+            return self.bag(values, offsets).sum(1)
+
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Bag()), str(tmp_path / "bag.pt"))
+    field = Field("f", max_len=3, buckets=7)
+    table = pa.table({"f": DELIMITED_ROWS * 5})
+    model = Model.load(ModelSpec(str(tmp_path / "bag.pt"), inputs="jagged", batch_size=8), [field], device="cpu")
+    on_gpu = model.predict(encode_table(table, [field], device="cuda", inputs="jagged")[0])
+    on_cpu = model.predict(encode_table(table, [field], inputs="jagged")[0])
+    np.testing.assert_array_equal(on_gpu, on_cpu)
