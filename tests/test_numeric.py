@@ -140,6 +140,8 @@ def test_numeric_field_needs_no_vocab():
 @pytest.mark.parametrize("type, size, match", [
     (pa.string(), 1, r"expects an integer or floating column, or a fixed_size_list of them .*; found string"),
     (pa.bool_(), 1, r"found bool"),
+    (pa.decimal128(10, 2), 1, r"found decimal128\(10, 2\)"),
+    (pa.dictionary(pa.int32(), pa.float64()), 1, r"found dictionary<values=double"),
     (pa.list_(pa.string()), 2, r"found list<item: string>"),
     (pa.list_(pa.float32(), 3), 2, r"expects lists of 2 numbers; found fixed_size_list<item: float>\[3\]: set size: 3"),
     (pa.float64(), 2, r"expects lists of 2 numbers; found double, one number per row"),
