@@ -90,8 +90,14 @@ def test_read_only_output_is_one_line(slow_job, tmp_path):
 def test_interrupted_exits_130_and_says_it_resumes(slow_job, tmp_path):
     out = tmp_path / "out"
     job = write_job(tmp_path, {**slow_job, "output": str(out), "workers": 1, "threads_per_worker": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # A suite started in the background (`pytest &` from a script) runs with SIGINT
+    # ignored, and a child inherits that: start it with Python's own handler.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dscore.cli", "score", job, "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     wait_for_parts(str(out))
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
