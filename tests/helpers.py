@@ -118,3 +118,16 @@ def eager_scores(demo, arrays) -> np.ndarray:
 
     with torch.inference_mode():
         return demo["eager"](*(torch.from_numpy(arrays[f.name]).long() for f in FIELDS)).numpy()
+
+
+def padded_indices(sizes, rows: int = 700, seed: int = 20261202) -> dict:
+    """Index matrices of the demo's fields as encoding gives them: right-padded with 0,
+    some rows all padding; field ``i`` draws indices below ``sizes[i]``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for f, v in zip(FIELDS, sizes):
+        ids = rng.integers(1, v, (rows, f.max_len), dtype=np.int32)
+        lengths = rng.integers(0, f.max_len + 1, rows)
+        ids[np.arange(f.max_len)[None, :] >= lengths[:, None]] = 0
+        out[f.name] = ids
+    return out

@@ -17,6 +17,7 @@ from dscore.jagged import Jagged
 from dscore.model import Model
 
 from . import naive
+from .helpers import padded_indices
 from .test_encode import arrow_column, as_vocab, draw_case, fields, vocabulary_for
 
 
@@ -119,14 +120,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def padded():
     """Index matrices as encoding gives them: right-padded with 0, some rows all padding."""
-    rng = np.random.default_rng(20261202)
-    out = {}
-    for f, v in zip(FIELDS, SIZES):
-        ids = rng.integers(1, v, (700, f.max_len), dtype=np.int32)
-        lengths = rng.integers(0, f.max_len + 1, 700)
-        ids[np.arange(f.max_len)[None, :] >= lengths[:, None]] = 0
-        out[f.name] = ids
-    return out
+    return padded_indices(SIZES)
 
 
 @pytest.mark.parametrize("form, call", [("torchscript", "positional"), ("eager", "keyword")])

@@ -9,6 +9,8 @@ from dscore import ModelSpec, zoo
 from dscore.demo import FIELDS
 from dscore.model import Model
 
+from .helpers import padded_indices
+
 SIZES = [52, 5002, 2002, 702]
 
 
@@ -20,14 +22,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def arrays():
     """Index matrices as encoding gives them: right-padded with 0, some rows all padding."""
-    rng = np.random.default_rng(20261202)
-    out = {}
-    for f, v in zip(FIELDS, SIZES):
-        ids = rng.integers(1, v, (700, f.max_len), dtype=np.int32)
-        lengths = rng.integers(0, f.max_len + 1, 700)
-        ids[np.arange(f.max_len)[None, :] >= lengths[:, None]] = 0
-        out[f.name] = ids
-    return out
+    return padded_indices(SIZES)
 
 
 def scores(keys: dict, arrays) -> np.ndarray:
