@@ -432,12 +432,12 @@ def model_only(job: dict, devices: Devices, rows: int, execution: str | None, se
     tensors = [as_tensor(arrays[f.name], model.device).to(model.device, torch.int64) for f in spec.fields]
     n = table.num_rows - table.num_rows % batch or table.num_rows
     step = min(batch, n)
-    model._forward_tensors([t[:step] for t in tensors])  # warm-up (a compiled mode compiles here)
+    model._forward_tensors([t[:step] for t in tensors], step)  # warm-up (a compiled mode compiles here)
     sync(devices)
     done, start = 0, time.perf_counter()
     while True:
         for s in range(0, n - step + 1, step):
-            model._forward_tensors([t[s : s + step] for t in tensors])
+            model._forward_tensors([t[s : s + step] for t in tensors], step)
             done += step
         sync(devices)
         elapsed = time.perf_counter() - start
