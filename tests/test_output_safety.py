@@ -38,12 +38,17 @@ DSCORE = [sys.executable, "-m", "dscore.cli"]
 
 
 def tree(root) -> dict:
-    """Every file under ``root`` with a hash of its bytes."""
+    """Every file under ``root`` with a hash of its bytes. A file gone between the listing
+    and the read is left out: a worker still writing renames its temporary file."""
     out = {}
     for dirpath, _, files in os.walk(root):
         for name in files:
             path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            try:
+                with open(path, "rb") as f:
+                    out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+            except FileNotFoundError:
+                pass
     return out
 
 
